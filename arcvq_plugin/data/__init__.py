@@ -1,0 +1,1 @@
+"""Datasets and data modules that install offline (embedded MNIST, sample photos, image folders)."""

@@ -1,0 +1,238 @@
+"""ArcQuantizer: ArcVQ's codebook as a drop-in for taming's ``VectorQuantizer2``.
+
+Selection by cosine (geodesic nearest neighbour), the RAW code as output, the host quantiser's
+VQ loss on raw vectors, BBNR applied after every optimizer step, ArcLoss folded into the returned
+loss in training mode (METHOD.md sections 1-5)::
+
+    quantizer:
+      target: arcvq_plugin.ArcQuantizer
+      params: {n_e: 1024, e_dim: 16, beta: 0.25, bbnr_alpha: 1.0e-5, arc_gamma_decay: 1.0e-4}
+
+The schedules run on ``clock``, an int64 buffer saved in the state_dict and advanced by
+``after_optimizer_step()`` (registered on the optimizer by ``NormBoundCallback`` or
+``register_norm_bound_hook``): during training batch t the forward sees lambda(t) and every code
+norm <= R(t).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Union
+
+import torch
+from einops import rearrange
+from taming.modules.vqvae.quantize import VectorQuantizer2
+
+from .all_gather import all_gather_rows
+from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
+from .norm_bound import clip_rows_to_radius_
+from .schedules import arc_weight, log_radius, radius
+
+__all__ = ["ArcQuantizer"]
+
+UNBOUNDED_FORWARDS_WARNING = 100
+"""Training forwards without ``after_optimizer_step()`` after which a (single) warning is issued."""
+
+
+def _check(name: str, ok: bool, allowed: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class ArcQuantizer(VectorQuantizer2):
+    """Cosine-selection vector quantiser with BBNR and ArcLoss (ArcVQ-VAE).
+
+    Args (taming's first, same meaning and defaults):
+        n_e: codebook size K >= 1.
+        e_dim: code dimension D >= 1 (channels of the encoder output).
+        beta: commitment weight >= 0 (default 0.25, taming VQModel's value). With
+            ``legacy=True`` (taming's default) beta multiplies the codebook term, as upstream.
+        remap, unknown_index, sane_index_shape, legacy: as ``VectorQuantizer2``.
+    ArcVQ arguments (keyword only):
+        use_bbnr: apply the norm bound after each optimizer step (default True).
+        use_arc_loss: add lambda(t) * L_arc to the training loss (default True).
+            ``use_bbnr=False, use_arc_loss=False`` is the paper's "cosine matching only" row.
+        bbnr_alpha: growth rate alpha >= 0 of R(t) = exp(alpha t) (default 3e-4; 0: fixed R = 1).
+        arc_s: logit scale > 0 (default 10). arc_m: margin in [0, pi) (default 0.1).
+        arc_top_k: positives per code >= 1 (default 3).
+        arc_gamma: gamma0 >= 0 (default 1). arc_gamma_decay: delta >= 0 (default 5e-4).
+        arc_chunk_size: latents per chunk of the K x N cosine matrix (None: dense).
+        arc_gather_negatives: under torch.distributed, ArcLoss uses all ranks' latents (default False).
+        check_finite: raise on non-finite input instead of poisoning the codebook (default True;
+            costs one device-to-host sync per forward).
+
+    Shapes: ``forward(z)`` with z (B, e_dim, H, W) returns ``(z_q (B, e_dim, H, W), loss (),
+    (perplexity (), None, indices))``; indices are (B*H*W,) or (B, H, W) with sane_index_shape.
+    """
+
+    def __init__(
+        self,
+        n_e: int,
+        e_dim: int,
+        beta: float = 0.25,
+        remap: Optional[str] = None,
+        unknown_index: Union[str, int] = "random",
+        sane_index_shape: bool = False,
+        legacy: bool = True,
+        *,
+        use_bbnr: bool = True,
+        use_arc_loss: bool = True,
+        bbnr_alpha: float = 3e-4,
+        arc_s: float = 10.0,
+        arc_m: float = 0.1,
+        arc_top_k: int = 3,
+        arc_gamma: float = 1.0,
+        arc_gamma_decay: float = 5e-4,
+        arc_chunk_size: Optional[int] = None,
+        arc_gather_negatives: bool = False,
+        check_finite: bool = True,
+    ) -> None:
+        _check("n_e", _is_int(n_e) and n_e >= 1, "an integer >= 1", n_e)
+        _check("e_dim", _is_int(e_dim) and e_dim >= 1, "an integer >= 1", e_dim)
+        _check("beta", beta >= 0, ">= 0", beta)
+        _check("unknown_index", unknown_index in ("random", "extra") or (_is_int(unknown_index)
+               and unknown_index >= 0), "'random', 'extra' or an integer >= 0", unknown_index)
+        for name, flag in [("sane_index_shape", sane_index_shape), ("legacy", legacy),
+                           ("use_bbnr", use_bbnr), ("use_arc_loss", use_arc_loss),
+                           ("arc_gather_negatives", arc_gather_negatives),
+                           ("check_finite", check_finite)]:
+            _check(name, isinstance(flag, bool), "True or False", flag)
+        _check("bbnr_alpha", bbnr_alpha >= 0 and math.isfinite(bbnr_alpha), "finite and >= 0", bbnr_alpha)
+        _check("arc_gamma", arc_gamma >= 0 and math.isfinite(arc_gamma), "finite and >= 0", arc_gamma)
+        _check("arc_gamma_decay", arc_gamma_decay >= 0, ">= 0", arc_gamma_decay)
+        try:
+            validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size)
+        except ValueError as err:
+            raise ValueError(f"arc_{err}") from None
+        super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
+                         sane_index_shape=sane_index_shape, legacy=legacy)
+        with torch.no_grad():  # eq. 4: random draw (upstream's uniform), then onto the unit sphere
+            self.embedding.weight.copy_(normalize_rows(self.embedding.weight))
+        self.use_bbnr, self.use_arc_loss = use_bbnr, use_arc_loss
+        self.bbnr_alpha = float(bbnr_alpha)
+        self.arc_s, self.arc_m, self.arc_top_k = float(arc_s), float(arc_m), arc_top_k
+        self.arc_gamma, self.arc_gamma_decay = float(arc_gamma), float(arc_gamma_decay)
+        self.arc_chunk_size = arc_chunk_size
+        self.arc_gather_negatives = arc_gather_negatives
+        self.check_finite = check_finite
+        self.register_buffer("clock", torch.zeros((), dtype=torch.long))
+        self.register_buffer("code_counts", torch.zeros(n_e), persistent=False)
+        self.loss_breakdown: dict[str, torch.Tensor] = {}
+        self._forwards_since_step = 0
+        self._warned_unbounded = False
+
+    # ---- schedules -------------------------------------------------------------------------
+    @property
+    def radius(self) -> torch.Tensor:
+        """R(clock) = exp(bbnr_alpha * clock), float32 scalar (saturates at float32 max)."""
+        return radius(self.bbnr_alpha, self.clock)
+
+    @property
+    def arc_weight(self) -> torch.Tensor:
+        """lambda(clock) = arc_gamma * exp(-arc_gamma_decay * clock), float32 scalar."""
+        return arc_weight(self.arc_gamma, self.arc_gamma_decay, self.clock)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Advance the clock by one step, then clip every code to the ball of radius R(clock)."""
+        self.clock += 1
+        self._forwards_since_step = 0
+        if self.use_bbnr:
+            clip_rows_to_radius_(self.embedding.weight, log_radius(self.bbnr_alpha, self.clock))
+
+    def reset_code_counts(self) -> None:
+        """Zero ``code_counts`` (per-code selection counts accumulated over forwards)."""
+        self.code_counts.zero_()
+
+    # ---- forward ---------------------------------------------------------------------------
+    def _check_input(self, z: torch.Tensor, temp, rescale_logits, return_logits) -> None:
+        if temp not in (None, 1.0) or rescale_logits or return_logits:
+            raise ValueError("temp, rescale_logits and return_logits exist only for interface "
+                             "compatibility with GumbelQuantize: leave them at their defaults")
+        if z.ndim != 4 or z.shape[1] != self.e_dim:
+            raise ValueError(f"ArcQuantizer expects z of shape (B, e_dim={self.e_dim}, H, W), "
+                             f"got {tuple(z.shape)}")
+        if self.check_finite and not bool(torch.isfinite(z).all()):
+            raise ValueError("ArcQuantizer received non-finite latents (NaN or inf); refusing to "
+                             "update the codebook with them")
+
+    def _note_training_forward(self) -> None:
+        if not (self.use_bbnr or self.use_arc_loss):
+            return
+        self._forwards_since_step += 1
+        if self._forwards_since_step > UNBOUNDED_FORWARDS_WARNING and not self._warned_unbounded:
+            self._warned_unbounded = True
+            warnings.warn(
+                f"ArcQuantizer ran {self._forwards_since_step} training forwards without "
+                "after_optimizer_step(): its clock is stuck, so the norm bound and the ArcLoss "
+                "schedule are not applied. Add arcvq_plugin.NormBoundCallback() to the Trainer's "
+                "callbacks, or call arcvq_plugin.register_norm_bound_hook(optimizer, model) once "
+                "in a plain PyTorch loop.", RuntimeWarning, stacklevel=3)
+
+    def forward(self, z: torch.Tensor, temp=None, rescale_logits=False, return_logits=False):
+        self._check_input(z, temp, rescale_logits, return_logits)
+        use_arc = self.training and self.use_arc_loss
+        if self.training:
+            self._note_training_forward()
+        z = rearrange(z, "b c h w -> b h w c").contiguous()
+        z_flat = z.view(-1, self.e_dim)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            dtype = torch.promote_types(z.dtype, torch.float32)
+            z_hat = normalize_rows(z_flat.to(dtype))
+            e_hat = normalize_rows(self.embedding.weight.detach().to(dtype))
+            z_all, offset = all_gather_rows(z_hat) if use_arc and self.arc_gather_negatives else (z_hat, 0)
+            if use_arc and z_all.shape[0] < self.arc_top_k:
+                raise ValueError(f"arc_top_k={self.arc_top_k} exceeds the {z_all.shape[0]} latents "
+                                 "in this batch; lower arc_top_k or use larger batches")
+            nearest, positives = scan_cosines(z_all, e_hat, self.arc_top_k if use_arc else 0,
+                                              self.arc_chunk_size)
+            indices = nearest[offset:offset + z_flat.shape[0]]
+            z_q = self.embedding(indices).view(z.shape)
+            commit = torch.mean((z_q.detach().to(dtype) - z.to(dtype)) ** 2)
+            codebook = torch.mean((z_q.to(dtype) - z.detach().to(dtype)) ** 2)
+            vq = commit + self.beta * codebook if self.legacy else self.beta * commit + codebook
+            weight = self.arc_weight
+            if use_arc:
+                arc = arc_margin_loss_normalized(z_all, e_hat, positives, s=self.arc_s,
+                                                 m=self.arc_m, chunk_size=self.arc_chunk_size)
+                loss = vq + weight * arc
+            else:
+                arc = vq.new_zeros(())
+                loss = vq
+            perplexity, usage = self._count_codes(indices)
+        self.loss_breakdown = {
+            "vq": vq.detach(), "arc": arc.detach(), "arc_weight": weight,
+            "radius": self.radius, "perplexity": perplexity, "usage": usage,
+        }
+        z_q = z + (z_q - z).detach()  # straight-through estimator
+        z_q = rearrange(z_q, "b h w c -> b c h w").contiguous()
+        return z_q, loss, (perplexity, None, self._output_indices(indices, z_q))
+
+    @torch.no_grad()
+    def _count_codes(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Perplexity and used fraction of this batch's codes (no host sync); updates code_counts."""
+        counts = torch.zeros(self.n_e, device=indices.device).index_add_(
+            0, indices, torch.ones(indices.shape[0], device=indices.device))
+        self.code_counts += counts
+        p = counts / indices.shape[0]
+        perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
+        return perplexity, (counts > 0).float().mean()
+
+    def _output_indices(self, indices: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+        """Apply taming's remap and index shape conventions to the selected codes (N,)."""
+        if self.remap is not None:
+            indices = self.remap_to_used(indices.reshape(z_q.shape[0], -1)).reshape(-1, 1)
+        if self.sane_index_shape:
+            indices = indices.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
+        return indices
+
+    def extra_repr(self) -> str:
+        return (f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}, "
+                f"use_bbnr={self.use_bbnr}, bbnr_alpha={self.bbnr_alpha}, "
+                f"use_arc_loss={self.use_arc_loss}, arc_s={self.arc_s}, arc_m={self.arc_m}, "
+                f"arc_top_k={self.arc_top_k}, arc_gamma={self.arc_gamma}, "
+                f"arc_gamma_decay={self.arc_gamma_decay}, arc_chunk_size={self.arc_chunk_size}")
