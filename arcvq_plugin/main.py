@@ -1,0 +1,229 @@
+"""``arcvq-train`` / ``python -m arcvq_plugin.main``: taming's and LDM's ``main.py`` for pytorch-lightning 2.x.
+
+Usage, as upstream::
+
+    arcvq-train --base configs/taming/tiny_arcvq.yaml -t                 # train on the CPU
+    arcvq-train --base configs/taming/imagenet_arcvq_f16.yaml -t --gpus 0,1   # DDP on two GPUs
+    arcvq-train -r logs/<timestamp>_<name> -t                           # resume exactly
+    arcvq-train --base a.yaml b.yaml -t model.params.embed_dim=8 --max_epochs 3
+
+The config has the sections ``model`` (``target``, ``params``, ``base_learning_rate``), ``data``
+(``target``, ``params``) and optionally ``lightning`` (``trainer``, ``callbacks``, ``logger``,
+``modelcheckpoint``, each merged over the defaults below, as upstream); anything else is an error
+before training (see :mod:`arcvq_plugin.trainer_cli.config_check`). A run writes
+``<logdir>/<timestamp>_<name><postfix>/`` with ``configs/<timestamp>-{project,lightning}.yaml``,
+``checkpoints/{epoch=NNNNNN.ckpt,last.ckpt}``, ``tensorboard/`` and ``images/``.
+
+Defaults: a TensorBoard logger; callbacks ``image_logger`` (:class:`arcvq_plugin.image_logger.ImageLogger`,
+every 750 steps, 4 images), ``learning_rate_logger`` (``LearningRateMonitor`` per step) and
+``checkpoint_callback`` (``ModelCheckpoint`` with ``save_last``; top 3 by ``model.monitor`` when the
+model has one); Lightning's progress bar; a checkpoint on SIGUSR1. Models containing an
+``arcvq_plugin.ArcQuantizer`` get a ``NormBoundCallback`` when the config lists none.
+
+Differences from upstream, all forced by pytorch-lightning 2.x or by exactness: ``--gpus`` maps to
+``accelerator: gpu, devices: [...]`` (with several GPUs ``strategy: ddp_find_unused_parameters_true``,
+the DDP behaviour of Lightning 1.x that GAN training relies on); without ``--gpus`` and without
+``accelerator``/``devices`` in the config the run is on the CPU, as upstream; ``trainer.test`` runs
+only when the data has a test split and the model a ``test_step``; ``-p`` is a second spelling of
+``-f/--postfix`` (upstream's unused ``--project`` is gone), and there is no ``--debug``; an existing
+log dir is never reused by a new run.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import seed_everything
+
+from arcvq_plugin.config import instantiate_from_config, load_configs
+from arcvq_plugin.trainer_cli.arguments import TRAINER_ARGUMENTS, parse_args, translate_gpus
+from arcvq_plugin.trainer_cli.callbacks import CheckpointOnSignal, SetupCallback
+from arcvq_plugin.trainer_cli.config_check import ConfigError, check_config, check_trainer_kwargs
+from arcvq_plugin.checkpoint_loading import load_checkpoint
+from arcvq_plugin.trainer_cli.resume import check_state_dict_matches, resolve_resume
+
+__all__ = ["main"]
+
+RUN_TIMESTAMP_ENV = "ARCVQ_TRAIN_TIMESTAMP"
+"""Rank 0 exports its run timestamp here; the DDP processes Lightning launches (``LOCAL_RANK`` > 0,
+started with the same command line) reuse it, so every rank agrees on the log dir."""
+DEFAULT_CALLBACK_NAMES = ("image_logger", "learning_rate_logger", "checkpoint_callback")
+
+
+def _is_launched_rank() -> bool:
+    """Whether this process is a DDP rank > 0 that Lightning (or torchrun) started."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0
+
+
+def _run_timestamp() -> str:
+    inherited = os.environ.get(RUN_TIMESTAMP_ENV)
+    if inherited and _is_launched_rank():
+        return inherited
+    now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    os.environ[RUN_TIMESTAMP_ENV] = now
+    return now
+
+
+def _run_paths(opt: Any, base: list[str], now: str) -> tuple[str, Optional[str], list[str]]:
+    """(log dir, checkpoint to resume or None, config files), as upstream names and finds them."""
+    if opt.resume:
+        if opt.name:
+            raise ValueError("-n/--name and -r/--resume cannot be given together: a resumed run keeps its log dir")
+        logdir, ckpt, snapshot = resolve_resume(opt.resume)
+        return logdir, ckpt, snapshot + base
+    if not base:
+        raise ValueError("no config: pass --base config.yaml (or -r <logdir>)")
+    name = "_" + (opt.name or os.path.splitext(os.path.basename(base[0]))[0])
+    logdir = os.path.join(opt.logdir, now + name + opt.postfix)
+    if os.path.exists(logdir) and not _is_launched_rank():
+        raise FileExistsError(f"log dir {logdir} exists; resume it with -r {logdir} or choose -n/--postfix")
+    return logdir, None, base
+
+
+def _split_misplaced_overrides(base: list[str], dotlist: list[str]) -> tuple[list[str], list[str]]:
+    """``--base a.yaml key=value`` swallows the override; give it back to the dotlist."""
+    files = [p for p in base if "=" not in p or os.path.exists(p)]
+    overrides = [p for p in base if p not in files]
+    return files, overrides + dotlist
+
+
+def _trainer_kwargs(trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """Lightning 2.x ``Trainer`` kwargs from the merged ``lightning.trainer`` (upstream's ``gpus`` translated)."""
+    kwargs = dict(trainer_config)
+    if "gpus" in kwargs:
+        gpus = kwargs.pop("gpus")
+        if "devices" in kwargs:
+            raise ConfigError("lightning.trainer has both 'gpus' and 'devices'; keep one")
+        devices, count = translate_gpus(gpus)
+        print(f"Running on GPUs {gpus}")
+        kwargs.update(accelerator="gpu", devices=devices)
+        if (count is None or count > 1) and "strategy" not in kwargs:
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"
+    elif "accelerator" not in kwargs and "devices" not in kwargs:
+        print("Running on the CPU (pass --gpus 0, for GPU 0)")
+        kwargs["accelerator"] = "cpu"
+    return kwargs
+
+
+def _ensure_norm_bound(model: pl.LightningModule, callbacks: list[pl.Callback]) -> None:
+    """Add a NormBoundCallback when the model trains an ArcQuantizer and the config lists none."""
+    from arcvq_plugin.norm_bound import quantizers_in
+
+    if not quantizers_in(model, trainable_only=True):
+        return
+    from arcvq_plugin import NormBoundCallback
+
+    if not any(isinstance(callback, NormBoundCallback) for callback in callbacks):
+        print("The model contains an ArcQuantizer and lightning.callbacks has no NormBoundCallback: "
+              "adding arcvq_plugin.NormBoundCallback() (the codebook norm bound needs it).")
+        callbacks.append(NormBoundCallback())
+
+
+def _default_callbacks(model: pl.LightningModule, ckptdir: str) -> dict[str, Any]:
+    modelckpt_params: dict[str, Any] = {"dirpath": ckptdir, "filename": "{epoch:06}", "verbose": True,
+                                        "save_last": True}
+    monitor = getattr(model, "monitor", None)
+    if monitor:
+        print(f"Monitoring {monitor} as checkpoint metric.")
+        modelckpt_params.update(monitor=monitor, save_top_k=3)
+    return {
+        "image_logger": {"target": "arcvq_plugin.image_logger.ImageLogger",
+                         "params": {"batch_frequency": 750, "max_images": 4, "clamp": True}},
+        "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
+                                 "params": {"logging_interval": "step"}},
+        "checkpoint_callback": {"target": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                "params": modelckpt_params},
+    }
+
+
+def _has_test_split(data: pl.LightningDataModule, model: pl.LightningModule) -> bool:
+    has_loader = "test_dataloader" in vars(data) or (
+        type(data).test_dataloader is not pl.LightningDataModule.test_dataloader)
+    has_step = type(model).test_step is not pl.LightningModule.test_step
+    return has_loader and has_step
+
+
+def _set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: pl.Trainer, scale_lr: bool) -> None:
+    """``model.learning_rate`` = accumulate * devices * batch_size * base_lr (``--scale_lr``), else base_lr.
+
+    ``devices`` is the number of devices per node, upstream's ``ngpu`` (1 on a single CPU process).
+    """
+    base_lr = float(config.model.base_learning_rate)
+    if not scale_lr:
+        model.learning_rate = base_lr
+        print(f"Not scaling the learning rate: {model.learning_rate:.2e}")
+        return
+    batch_size = OmegaConf.select(config, "data.params.batch_size")
+    if batch_size is None:
+        raise ConfigError("--scale_lr needs data.params.batch_size (or pass --scale_lr false)")
+    ngpu = trainer.num_devices
+    accumulate = trainer.accumulate_grad_batches
+    print(f"accumulate_grad_batches = {accumulate}")
+    model.learning_rate = accumulate * ngpu * int(batch_size) * base_lr
+    print(f"Setting learning rate to {model.learning_rate:.2e} = {accumulate} (accumulate_grad_batches) * "
+          f"{ngpu} (num_devices) * {batch_size} (batchsize) * {base_lr:.2e} (base_lr)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the Trainer."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # as upstream: modules next to the configs can be targets
+    opt, trainer_overrides, dotlist = parse_args(sys.argv[1:] if argv is None else argv)
+    base, dotlist = _split_misplaced_overrides(list(opt.base), dotlist)
+    now = _run_timestamp()
+    logdir, ckpt, base = _run_paths(opt, base, now)
+    ckptdir = os.path.join(logdir, "checkpoints")
+    seed_everything(opt.seed)
+
+    config = load_configs(base, dotlist)
+    check_config(config, default_callbacks=DEFAULT_CALLBACK_NAMES)
+    lightning_config = config.pop("lightning", OmegaConf.create())
+    lightning_config.trainer = OmegaConf.merge(lightning_config.get("trainer", None) or {}, trainer_overrides)
+    trainer_kwargs = _trainer_kwargs(OmegaConf.to_container(lightning_config.trainer, resolve=True))
+    check_trainer_kwargs(trainer_kwargs, TRAINER_ARGUMENTS)
+    if "base_learning_rate" not in config.model:
+        raise ConfigError("model.base_learning_rate is missing (the learning rate before --scale_lr scaling)")
+
+    model = instantiate_from_config(config.model)
+    weights_only = None
+    if ckpt is not None:
+        checkpoint, weights_only = load_checkpoint(ckpt)
+        check_state_dict_matches(model, checkpoint, ckpt)
+        del checkpoint
+
+    logger_cfg = OmegaConf.merge(
+        {"target": "pytorch_lightning.loggers.TensorBoardLogger", "params": {"save_dir": logdir, "name": "tensorboard"}},
+        lightning_config.get("logger", None) or {})
+    callbacks_cfg = _default_callbacks(model, ckptdir)
+    callbacks_cfg["checkpoint_callback"] = OmegaConf.merge(
+        callbacks_cfg["checkpoint_callback"], lightning_config.get("modelcheckpoint", None) or {})
+    callbacks_cfg = OmegaConf.merge(callbacks_cfg, lightning_config.get("callbacks", None) or {})
+    callbacks = [instantiate_from_config(callbacks_cfg[key]) for key in callbacks_cfg]
+    callbacks += [SetupCallback(now, logdir, ckptdir, os.path.join(logdir, "configs"), config, lightning_config),
+                  CheckpointOnSignal(os.path.join(ckptdir, "last.ckpt"))]
+    _ensure_norm_bound(model, callbacks)
+    trainer = pl.Trainer(**trainer_kwargs, logger=instantiate_from_config(logger_cfg), callbacks=callbacks)
+
+    data = instantiate_from_config(config.data)
+    data.prepare_data()
+    data.setup()
+    for split, dataset in getattr(data, "datasets", {}).items():
+        print(f"{split}, {type(dataset).__name__}, {len(dataset)}")
+    _set_learning_rate(model, config, trainer, opt.scale_lr)
+
+    if opt.train:
+        trainer.fit(model, data, ckpt_path=ckpt, weights_only=weights_only)
+    if not opt.no_test and not trainer.interrupted:
+        if _has_test_split(data, model):
+            trainer.test(model, data)
+        else:
+            print("No test: the data has no test split or the model no test_step.")
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

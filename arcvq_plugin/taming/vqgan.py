@@ -1,0 +1,152 @@
+"""taming's VQGAN (``taming.models.vqgan.VQModel``) with a configurable quantiser, on Lightning 2.x.
+
+A taming yaml becomes ArcVQ by changing the model target and adding one block::
+
+    model:
+      target: arcvq_plugin.taming.VQModel
+      params:
+        n_embed: 1024
+        embed_dim: 16
+        quantizer_config:                 # absent: taming's VectorQuantizer2 (the baseline)
+          target: arcvq_plugin.ArcQuantizer
+          params: {bbnr_alpha: 1.0e-5, arc_gamma_decay: 1.0e-4}
+        ddconfig: {...}
+        lossconfig: {...}
+
+Encoder, decoder, discriminator and every parameter name are upstream's, so upstream checkpoints
+load (``quantize.embedding.weight``; ArcVQ adds the buffer ``quantize.clock``).
+
+What differs from upstream:
+
+- Manual optimisation (:class:`arcvq_plugin.gan_training.ManualGANTraining`; Lightning 2.x
+  refuses two optimizers otherwise): per batch one forward, the autoencoder loss and its
+  optimizer step, then the discriminator loss and its step, with upstream's loss and adaptive
+  weight unchanged.
+- The loss's ``disc_start`` counts training batches, not Lightning's ``global_step`` (which
+  counts both optimizers' steps, two per batch, and would start the discriminator after half the
+  intended batches). The count (:attr:`VQModel.batches_trained`) is the quantiser's ``clock``
+  when it has one (ArcQuantizer: autoencoder optimizer steps, saved in the state_dict, so resume
+  and ``init_from_ckpt`` continue it) and ``global_step // 2`` otherwise (the baseline).
+- Validation logs every key once (upstream logs ``val/rec_loss`` twice, which Lightning rejects),
+  ``decode_code`` works (upstream calls a method no quantiser has), and the quantiser's
+  ``loss_breakdown`` is logged as ``{train,val}/quantizer/{vq,arc,arc_weight,radius,perplexity,usage}``.
+- The perceptual loss never downloads: a lossconfig naming taming's ``VQLPIPSWithDiscriminator``
+  is built as :class:`arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator` (the same loss, its
+  LPIPS weights read from disk with a clear error when missing, no LPIPS at perceptual_weight 0).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from arcvq_plugin.compat import install_lightning_shims
+from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.gan_training import ManualGANTraining
+
+install_lightning_shims()
+from taming.models import vqgan as taming_vqgan  # noqa: E402  (needs the shims above)
+
+__all__ = ["OFFLINE_LOSS_TARGET", "UPSTREAM_LOSS_TARGET", "VQModel", "build_quantizer",
+           "offline_lossconfig"]
+
+UPSTREAM_LOSS_TARGET = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
+OFFLINE_LOSS_TARGET = "arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator"
+
+_FILLED_FROM_MODEL = {"n_e": "n_embed", "e_dim": "embed_dim", "remap": "remap",
+                      "sane_index_shape": "sane_index_shape"}
+
+
+def _as_dict(node: Any, name: str) -> dict:
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, Mapping) or "target" not in node:
+        raise ValueError(f"{name} must be a mapping with 'target' (and optional 'params'), got {node!r}")
+    params = node.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{name}.params must be a mapping, got {params!r}")
+    return {"target": node["target"], "params": dict(params)}
+
+
+def offline_lossconfig(lossconfig: Mapping | DictConfig) -> dict:
+    """``lossconfig`` as a plain dict, taming's VQGAN loss target swapped for the offline one
+    (:class:`arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator`: same loss, no downloads)."""
+    config = _as_dict(lossconfig, "lossconfig")
+    if config["target"] == UPSTREAM_LOSS_TARGET:
+        config["target"] = OFFLINE_LOSS_TARGET
+    return config
+
+
+def build_quantizer(quantizer_config: Mapping | DictConfig, n_embed: int, embed_dim: int,
+                    remap: Optional[str] = None, sane_index_shape: bool = False) -> nn.Module:
+    """Instantiate ``quantizer_config`` with ``n_e``, ``e_dim``, ``remap``, ``sane_index_shape``
+    filled from the model's arguments; a value given in both places that differs is a ValueError."""
+    config = _as_dict(quantizer_config, "quantizer_config")
+    model_values = {"n_embed": n_embed, "embed_dim": embed_dim, "remap": remap,
+                    "sane_index_shape": sane_index_shape}
+    for param, model_arg in _FILLED_FROM_MODEL.items():
+        value = model_values[model_arg]
+        if param in config["params"] and config["params"][param] != value:
+            raise ValueError(
+                f"quantizer_config.params.{param}={config['params'][param]!r} disagrees with the "
+                f"model's {model_arg}={value!r}: drop it from quantizer_config (it is filled from "
+                "the model) or make both equal")
+        config["params"][param] = value
+    return instantiate_from_config(config)
+
+
+class VQModel(ManualGANTraining, taming_vqgan.VQModel):
+    """taming's VQGAN with ``quantizer_config``; trains under pytorch-lightning 2.x (manual optimisation).
+
+    Args: upstream's (``ddconfig``, ``lossconfig``, ``n_embed`` K, ``embed_dim`` D, ``ckpt_path``,
+    ``ignore_keys``, ``image_key``, ``colorize_nlabels``, ``monitor``, ``remap``,
+    ``sane_index_shape``), plus
+        quantizer_config: ``{target, params}`` of the quantiser (default None: taming's
+            ``VectorQuantizer2(n_embed, embed_dim, beta=0.25)``). ``n_e``, ``e_dim``, ``remap``
+            and ``sane_index_shape`` are filled from the model's arguments.
+    The quantiser is in place before ``ckpt_path`` is loaded, so ``init_from_ckpt`` restores it
+    too (codebook and clock). Batches: ``{image_key: (B, H, W, C) float in [-1, 1]}``.
+    ``learning_rate`` must be set before training (``arcvq-train`` sets it from
+    ``model.base_learning_rate`` as taming's main.py does).
+    """
+
+    def __init__(self, ddconfig: Mapping, lossconfig: Mapping, n_embed: int, embed_dim: int,
+                 ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (),
+                 image_key: str = "image", colorize_nlabels: Optional[int] = None,
+                 monitor: Optional[str] = None, remap: Optional[str] = None,
+                 sane_index_shape: bool = False,
+                 quantizer_config: Optional[Mapping] = None) -> None:
+        for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        super().__init__(ddconfig, offline_lossconfig(lossconfig), n_embed, embed_dim, ckpt_path=None,
+                         image_key=image_key, colorize_nlabels=colorize_nlabels, monitor=monitor,
+                         remap=remap, sane_index_shape=sane_index_shape)
+        if quantizer_config is not None:
+            self.quantize = build_quantizer(quantizer_config, n_embed, embed_dim, remap, sane_index_shape)
+        self.automatic_optimization = False
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=list(ignore_keys))
+
+    # ---- inference -------------------------------------------------------------------------
+    def decode_code(self, code_b: torch.Tensor, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Decode code indices (B, H, W), or flat (B*H*W,) with ``shape=(B, H, W)``, to images (B, C, h, w)."""
+        if shape is None:
+            if code_b.ndim != 3:
+                raise ValueError("code_b must be (B, H, W) indices, or pass shape=(B, H, W); "
+                                 f"got {tuple(code_b.shape)}")
+            shape = tuple(code_b.shape)
+        if len(shape) != 3:
+            raise ValueError(f"shape must be (B, H, W), got {shape!r}")
+        quant = self.quantize.get_codebook_entry(code_b.reshape(-1), (*shape, self.quantize.e_dim))
+        return self.decode(quant)
+
+    # ---- training ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        if not hasattr(self, "learning_rate"):
+            raise AttributeError("set model.learning_rate before training (arcvq-train sets it to "
+                                 "accumulate_grad_batches * n_gpus * batch_size * base_learning_rate "
+                                 "with --scale_lr, else base_learning_rate, as taming's main.py)")
+        return super().configure_optimizers()

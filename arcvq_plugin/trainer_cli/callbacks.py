@@ -1,0 +1,103 @@
+"""Callbacks the CLI adds to every run: the run directory with its config snapshot, and a checkpoint
+on SIGUSR1.
+
+``SetupCallback`` replaces upstream's (whose ``on_pretrain_routine_start`` hook no longer exists):
+at fit start, on global rank 0, it creates ``<logdir>/{checkpoints,configs}`` and writes
+``configs/<now>-project.yaml`` (the merged config without ``lightning``) and
+``configs/<now>-lightning.yaml``. Upstream's "move child runs away" step is not needed: every
+DDP process uses the run name of rank 0 (see ``arcvq_plugin.main``).
+
+``CheckpointOnSignal``: upstream saved ``last.ckpt`` inside the SIGUSR1 handler, i.e. at an
+arbitrary point of a training step (for a VQGAN possibly between the autoencoder and
+discriminator updates), and with pytorch-lightning 2.x that save is a collective call that
+deadlocks when only rank 0 enters it. Here the handler only records the request; the checkpoint
+is written at the end of the current training batch, by all ranks together (any rank that got
+the signal triggers it), so it is a consistent state.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["SetupCallback", "CheckpointOnSignal"]
+
+
+class SetupCallback(pl.Callback):
+    """Create the run directory and save the config snapshot (rank 0, at fit start).
+
+    Args:
+        now: timestamp used in the snapshot file names.
+        logdir, ckptdir, cfgdir: the run directory and its checkpoints/ and configs/ folders.
+        config: merged config without ``lightning``.
+        lightning_config: the ``lightning`` section as resolved by the CLI.
+    """
+
+    def __init__(self, now: str, logdir: str, ckptdir: str, cfgdir: str, config: DictConfig,
+                 lightning_config: DictConfig):
+        super().__init__()
+        self.now = now
+        self.logdir = logdir
+        self.ckptdir = ckptdir
+        self.cfgdir = cfgdir
+        self.config = config
+        self.lightning_config = lightning_config
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        for folder in (self.logdir, self.ckptdir, self.cfgdir):
+            os.makedirs(folder, exist_ok=True)
+        print("Project config")
+        print(OmegaConf.to_yaml(self.config))
+        OmegaConf.save(self.config, os.path.join(self.cfgdir, f"{self.now}-project.yaml"))
+        print("Lightning config")
+        print(OmegaConf.to_yaml(self.lightning_config))
+        OmegaConf.save(OmegaConf.create({"lightning": self.lightning_config}),
+                       os.path.join(self.cfgdir, f"{self.now}-lightning.yaml"))
+
+
+class CheckpointOnSignal(pl.Callback):
+    """Save ``ckpt_path`` at the end of the training batch during which ``signum`` arrived.
+
+    Args:
+        ckpt_path: where to save (upstream: ``<logdir>/checkpoints/last.ckpt``).
+        signum: the signal (default SIGUSR1). A handler that was installed before is still called.
+    """
+
+    def __init__(self, ckpt_path: str, signum: int = signal.SIGUSR1):
+        super().__init__()
+        self.ckpt_path = ckpt_path
+        self.signum = signum
+        self.requested = False
+        self._previous: Optional[Any] = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            self._previous = signal.signal(self.signum, self._handle)
+            self._installed = True
+        except ValueError:
+            print(f"Not in the main thread: no checkpoint on signal {signal.Signals(self.signum).name}.")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        self.requested = False
+        if trainer.global_rank == 0:
+            print(f"Summoning checkpoint: {self.ckpt_path}")
+        trainer.save_checkpoint(self.ckpt_path)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._installed:
+            signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
