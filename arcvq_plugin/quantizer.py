@@ -60,7 +60,9 @@ class ArcQuantizer(VectorQuantizer2):
         arc_s: logit scale > 0 (default 10). arc_m: margin in [0, pi) (default 0.1).
         arc_top_k: positives per code >= 1 (default 3).
         arc_gamma: gamma0 >= 0 (default 1). arc_gamma_decay: delta >= 0 (default 5e-4).
-        arc_chunk_size: latents per chunk of the K x N cosine matrix (None: dense).
+        arc_chunk_size: latents per chunk of the K x N cosine matrix (None: dense, fastest,
+            holds one K x N float matrix from forward to backward; an integer bounds that to
+            K x arc_chunk_size at the cost of one more K x N x D matrix product in backward).
         arc_gather_negatives: under torch.distributed, ArcLoss uses all ranks' latents (default False).
         check_finite: raise on non-finite input instead of poisoning the codebook (default True;
             costs one device-to-host sync per forward).
@@ -188,16 +190,16 @@ class ArcQuantizer(VectorQuantizer2):
             if use_arc and z_all.shape[0] < self.arc_top_k:
                 raise ValueError(f"arc_top_k={self.arc_top_k} exceeds the {z_all.shape[0]} latents "
                                  "in this batch; lower arc_top_k or use larger batches")
-            nearest, positives = scan_cosines(z_all, e_hat, self.arc_top_k if use_arc else 0,
-                                              self.arc_chunk_size)
-            indices = nearest[offset:offset + z_flat.shape[0]]
+            scan = scan_cosines(z_all, e_hat, self.arc_top_k if use_arc else 0,
+                                self.arc_chunk_size, s=self.arc_s)
+            indices = scan.nearest[offset:offset + z_flat.shape[0]]
             z_q = self.embedding(indices).view(z.shape)
             commit = torch.mean((z_q.detach().to(dtype) - z.to(dtype)) ** 2)
             codebook = torch.mean((z_q.to(dtype) - z.detach().to(dtype)) ** 2)
             vq = commit + self.beta * codebook if self.legacy else self.beta * commit + codebook
             weight = self.arc_weight
             if use_arc:
-                arc = arc_margin_loss_normalized(z_all, e_hat, positives, s=self.arc_s,
+                arc = arc_margin_loss_normalized(z_all, e_hat, scan, s=self.arc_s,
                                                  m=self.arc_m, chunk_size=self.arc_chunk_size)
                 loss = vq + weight * arc
             else:
