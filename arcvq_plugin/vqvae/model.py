@@ -1,0 +1,142 @@
+"""The paper's small VQ-VAE (MNIST / CIFAR-10) as a LightningModule with a configurable quantiser.
+
+    x (B, C, H, W) in [-1, 1] --Encoder--> (B, hidden, H/4, W/4) --1x1 conv--> z (B, D, H/4, W/4)
+      --quantizer--> z_q --Decoder--> x_rec (B, C, H, W)
+    loss = mse(x_rec, x) / data_variance + quantizer loss
+
+The quantiser comes from ``quantizer_config`` (taming's ``target``/``params``); the rows of the
+paper's ablation are configs (configs/vqvae/). Any quantiser with taming's VectorQuantizer2
+interface works: ``forward(z) -> (z_q, loss, (perplexity, min_encodings, indices))``. ArcQuantizer
+adds ArcLoss to that loss in training mode, and its clock / norm bound advance only through
+``arcvq_plugin.NormBoundCallback`` (put it in the Trainer's callbacks).
+
+Batches are taming examples: ``batch[image_key]`` is (B, H, W, C) float in [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.vqvae.networks import Decoder, Encoder
+
+__all__ = ["VQVAE", "build_quantizer"]
+
+DEFAULT_QUANTIZER = {"target": "taming.modules.vqvae.quantize.VectorQuantizer2", "params": {"beta": 0.25}}
+
+
+def build_quantizer(quantizer_config: Mapping | None, n_embed: int, embed_dim: int) -> nn.Module:
+    """Instantiate ``quantizer_config`` with ``n_e``/``e_dim`` filled from the model when absent.
+
+    None builds taming's VectorQuantizer2(n_embed, embed_dim, beta=0.25). A config whose
+    ``n_e``/``e_dim`` disagree with the model raises ValueError.
+    """
+    config = dict(DEFAULT_QUANTIZER if quantizer_config is None else quantizer_config)
+    params = dict(config.get("params") or {})
+    for key, value in (("n_e", n_embed), ("e_dim", embed_dim)):
+        if key in params and params[key] != value:
+            raise ValueError(f"quantizer_config.params.{key}={params[key]} disagrees with the model's {value}")
+        params[key] = value
+    config["params"] = params
+    return instantiate_from_config(config)
+
+
+class VQVAE(pl.LightningModule):
+    """The van den Oord VQ-VAE of the ArcVQ paper's MNIST / CIFAR-10 experiments.
+
+    Args:
+        in_channels: image channels (1 MNIST, 3 CIFAR-10).
+        hidden_channels: encoder/decoder width (128; must be even).
+        n_res_layers: residual blocks in each residual stack (2).
+        res_hidden_channels: width inside a residual block (32).
+        n_embed: codebook size K (512).
+        embed_dim: code dimension D (64).
+        data_variance: pixel variance of the training set in the model's [-1, 1] scale; the
+            reconstruction MSE is divided by it (MNIST 0.3797). > 0.
+        learning_rate: Adam learning rate (3e-4). Trainers set ``model.learning_rate`` from the
+            config's ``model.base_learning_rate`` (arcvq-train; use ``--scale_lr false`` for the
+            paper's absolute 3e-4), which overrides this.
+        quantizer_config: ``target``/``params`` of the quantiser; None = taming's VectorQuantizer2.
+        image_key: batch key of the images (``"image"``).
+        monitor: metric name for checkpoint callbacks (e.g. ``"val/rec_loss"``), stored as taming does.
+    """
+
+    def __init__(self, in_channels: int = 1, hidden_channels: int = 128, n_res_layers: int = 2,
+                 res_hidden_channels: int = 32, n_embed: int = 512, embed_dim: int = 64,
+                 data_variance: float = 1.0, learning_rate: float = 3e-4,
+                 quantizer_config: Mapping | None = None, image_key: str = "image", monitor: str | None = None):
+        super().__init__()
+        for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not data_variance > 0:
+            raise ValueError(f"data_variance must be > 0, got {data_variance!r}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        self.save_hyperparameters()
+        self.encoder = Encoder(in_channels, hidden_channels, n_res_layers, res_hidden_channels)
+        self.pre_quant = nn.Conv2d(hidden_channels, embed_dim, kernel_size=1)
+        self.quantize = build_quantizer(quantizer_config, n_embed, embed_dim)
+        self.decoder = Decoder(embed_dim, hidden_channels, n_res_layers, res_hidden_channels, in_channels)
+        self.n_embed = n_embed
+        self.data_variance = float(data_variance)
+        self.learning_rate = float(learning_rate)
+        self.image_key = image_key
+        if monitor is not None:
+            self.monitor = monitor
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, Any, torch.Tensor]]:
+        """(B, C, H, W) -> (z_q (B, D, H/4, W/4), quantiser loss, (perplexity, encodings, indices))."""
+        return self.quantize(self.pre_quant(self.encoder(x)))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, C, 4h, 4w) reconstruction in the data scale ([-1, 1], unclamped)."""
+        return self.decoder(z_q)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, Any, torch.Tensor]]:
+        """(B, C, H, W) -> (reconstruction (B, C, H, W), quantiser loss, quantiser info)."""
+        z_q, q_loss, info = self.encode(x)
+        return self.decode(z_q), q_loss, info
+
+    def get_input(self, batch: Mapping) -> torch.Tensor:
+        """taming example batch (B, H, W, C) -> contiguous float (B, C, H, W)."""
+        x = batch[self.image_key]
+        if x.ndim == 3:
+            x = x[..., None]
+        return x.permute(0, 3, 1, 2).to(memory_format=torch.contiguous_format).float()
+
+    def _losses(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        x = self.get_input(batch)
+        x_rec, q_loss, _ = self(x)
+        rec_loss = F.mse_loss(x_rec, x) / self.data_variance
+        return {"loss": rec_loss + q_loss, "rec_loss": rec_loss, "quant_loss": q_loss}
+
+    def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        self.log("train/rec_loss", losses["rec_loss"], prog_bar=True)
+        self.log("train/quant_loss", losses["quant_loss"])
+        self.log("train/loss", losses["loss"])
+        for name, value in getattr(self.quantize, "loss_breakdown", {}).items():
+            self.log(f"train/quantizer/{name}", value, prog_bar=name == "usage")
+        return losses["loss"]
+
+    def validation_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        self.log("val/rec_loss", losses["rec_loss"], prog_bar=True, sync_dist=True)
+        self.log("val/quant_loss", losses["quant_loss"], sync_dist=True)
+        self.log("val/loss", losses["loss"], sync_dist=True)
+        return losses["loss"]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """taming's image-logger hook: ``inputs`` and ``reconstructions`` (B, C, H, W) in [-1, 1]."""
+        x = self.get_input(batch).to(self.device)
+        x_rec, _, _ = self(x)
+        return {"inputs": x, "reconstructions": x_rec.clamp(-1.0, 1.0)}
