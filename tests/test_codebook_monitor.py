@@ -19,12 +19,7 @@ from arcvq_plugin.config import instantiate_from_config, load_configs
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "taming"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_codebook_statistics_by_hand():

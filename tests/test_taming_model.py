@@ -23,13 +23,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "taming"
 BATCHES = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded, above all on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(name: str):
