@@ -31,6 +31,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .codebook_figures import (plot_norm_histogram, plot_pairwise_distances, plot_usage_histogram,
                                save_figure)
+from .evaluation.codebook import codebook_metrics_from_counts
 
 __all__ = ["CodebookMonitor", "codebook_statistics"]
 
@@ -46,14 +47,13 @@ def codebook_statistics(counts: torch.Tensor, codebook: torch.Tensor,
     if counts.ndim != 1 or codebook.ndim != 2 or counts.shape[0] != codebook.shape[0]:
         raise ValueError(f"counts (K,) and codebook (K, D) must agree, got {tuple(counts.shape)} "
                          f"and {tuple(codebook.shape)}")
-    total = counts.sum()
-    p = counts / total if total > 0 else torch.zeros_like(counts)
     norms = codebook.detach().double().norm(dim=1)
-    used = int((counts > 0).sum())
+    usage = (codebook_metrics_from_counts(counts) if counts.sum() > 0
+             else {"usage": 0.0, "perplexity": 1.0, "dead_codes": counts.shape[0]})
     stats = {
-        "usage_percent": 100.0 * used / counts.shape[0],
-        "perplexity": float(torch.exp(-torch.special.xlogy(p, p).sum())),
-        "dead_codes": float(counts.shape[0] - used),
+        "usage_percent": 100.0 * usage["usage"],
+        "perplexity": usage["perplexity"],
+        "dead_codes": float(usage["dead_codes"]),
         "norm_min": float(norms.min()),
         "norm_mean": float(norms.mean()),
         "norm_max": float(norms.max()),

@@ -10,7 +10,8 @@ from torch import nn
 
 from arcvq_plugin import ArcQuantizer
 from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.vqvae import VQVAE, Decoder, Encoder, ResidualBlock, build_quantizer
+from arcvq_plugin.quantizer_config import build_quantizer
+from arcvq_plugin.vqvae import VQVAE, Decoder, Encoder, ResidualBlock
 from arcvq_plugin.vqvae.reproduce import row_config, train_row
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "vqvae"

@@ -38,7 +38,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from arcvq_plugin.gan_training import ManualGANTraining
-from arcvq_plugin.taming.vqgan import build_quantizer, offline_lossconfig
+from arcvq_plugin.quantizer_config import build_quantizer
+from arcvq_plugin.taming.vqgan import offline_lossconfig
 
 from .compat import import_ldm
 

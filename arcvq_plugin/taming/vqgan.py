@@ -36,65 +36,30 @@ What differs from upstream:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from omegaconf import DictConfig
 
 from arcvq_plugin.compat import install_lightning_shims
-from arcvq_plugin.config import instantiate_from_config
 from arcvq_plugin.gan_training import ManualGANTraining
+from arcvq_plugin.quantizer_config import build_quantizer, plain_config
 
 install_lightning_shims()
 from taming.models import vqgan as taming_vqgan  # noqa: E402  (needs the shims above)
 
-__all__ = ["OFFLINE_LOSS_TARGET", "UPSTREAM_LOSS_TARGET", "VQModel", "build_quantizer",
-           "offline_lossconfig"]
+__all__ = ["OFFLINE_LOSS_TARGET", "UPSTREAM_LOSS_TARGET", "VQModel", "offline_lossconfig"]
 
 UPSTREAM_LOSS_TARGET = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
 OFFLINE_LOSS_TARGET = "arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator"
 
-_FILLED_FROM_MODEL = {"n_e": "n_embed", "e_dim": "embed_dim", "remap": "remap",
-                      "sane_index_shape": "sane_index_shape"}
-
-
-def _as_dict(node: Any, name: str) -> dict:
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    if not isinstance(node, Mapping) or "target" not in node:
-        raise ValueError(f"{name} must be a mapping with 'target' (and optional 'params'), got {node!r}")
-    params = node.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise ValueError(f"{name}.params must be a mapping, got {params!r}")
-    return {"target": node["target"], "params": dict(params)}
-
-
 def offline_lossconfig(lossconfig: Mapping | DictConfig) -> dict:
     """``lossconfig`` as a plain dict, taming's VQGAN loss target swapped for the offline one
     (:class:`arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator`: same loss, no downloads)."""
-    config = _as_dict(lossconfig, "lossconfig")
+    config = plain_config(lossconfig, "lossconfig")
     if config["target"] == UPSTREAM_LOSS_TARGET:
         config["target"] = OFFLINE_LOSS_TARGET
     return config
-
-
-def build_quantizer(quantizer_config: Mapping | DictConfig, n_embed: int, embed_dim: int,
-                    remap: Optional[str] = None, sane_index_shape: bool = False) -> nn.Module:
-    """Instantiate ``quantizer_config`` with ``n_e``, ``e_dim``, ``remap``, ``sane_index_shape``
-    filled from the model's arguments; a value given in both places that differs is a ValueError."""
-    config = _as_dict(quantizer_config, "quantizer_config")
-    model_values = {"n_embed": n_embed, "embed_dim": embed_dim, "remap": remap,
-                    "sane_index_shape": sane_index_shape}
-    for param, model_arg in _FILLED_FROM_MODEL.items():
-        value = model_values[model_arg]
-        if param in config["params"] and config["params"][param] != value:
-            raise ValueError(
-                f"quantizer_config.params.{param}={config['params'][param]!r} disagrees with the "
-                f"model's {model_arg}={value!r}: drop it from quantizer_config (it is filled from "
-                "the model) or make both equal")
-        config["params"][param] = value
-    return instantiate_from_config(config)
 
 
 class VQModel(ManualGANTraining, taming_vqgan.VQModel):

@@ -5,7 +5,7 @@
 - ``reproduce`` (reproduce.py): ``arcvq-reproduce`` / ``python -m arcvq_plugin.vqvae.reproduce``,
   trains the ablation rows of configs/vqvae/ on embedded MNIST and writes the table and figures.
 """
-from arcvq_plugin.vqvae.model import VQVAE, build_quantizer
+from arcvq_plugin.vqvae.model import VQVAE
 from arcvq_plugin.vqvae.networks import Decoder, Encoder, ResidualBlock, ResidualStack
 
-__all__ = ["VQVAE", "Decoder", "Encoder", "ResidualBlock", "ResidualStack", "build_quantizer"]
+__all__ = ["VQVAE", "Decoder", "Encoder", "ResidualBlock", "ResidualStack"]

@@ -21,28 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.quantizer_config import build_quantizer
 from arcvq_plugin.vqvae.networks import Decoder, Encoder
 
-__all__ = ["VQVAE", "build_quantizer"]
+__all__ = ["VQVAE"]
 
 DEFAULT_QUANTIZER = {"target": "taming.modules.vqvae.quantize.VectorQuantizer2", "params": {"beta": 0.25}}
-
-
-def build_quantizer(quantizer_config: Mapping | None, n_embed: int, embed_dim: int) -> nn.Module:
-    """Instantiate ``quantizer_config`` with ``n_e``/``e_dim`` filled from the model when absent.
-
-    None builds taming's VectorQuantizer2(n_embed, embed_dim, beta=0.25). A config whose
-    ``n_e``/``e_dim`` disagree with the model raises ValueError.
-    """
-    config = dict(DEFAULT_QUANTIZER if quantizer_config is None else quantizer_config)
-    params = dict(config.get("params") or {})
-    for key, value in (("n_e", n_embed), ("e_dim", embed_dim)):
-        if key in params and params[key] != value:
-            raise ValueError(f"quantizer_config.params.{key}={params[key]} disagrees with the model's {value}")
-        params[key] = value
-    config["params"] = params
-    return instantiate_from_config(config)
 
 
 class VQVAE(pl.LightningModule):
@@ -80,7 +64,8 @@ class VQVAE(pl.LightningModule):
         self.save_hyperparameters()
         self.encoder = Encoder(in_channels, hidden_channels, n_res_layers, res_hidden_channels)
         self.pre_quant = nn.Conv2d(hidden_channels, embed_dim, kernel_size=1)
-        self.quantize = build_quantizer(quantizer_config, n_embed, embed_dim)
+        self.quantize = build_quantizer(DEFAULT_QUANTIZER if quantizer_config is None else quantizer_config,
+                                        n_embed, embed_dim)
         self.decoder = Decoder(embed_dim, hidden_channels, n_res_layers, res_hidden_channels, in_channels)
         self.n_embed = n_embed
         self.data_variance = float(data_variance)
