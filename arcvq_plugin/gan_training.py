@@ -1,20 +1,43 @@
-"""Manual-optimisation training of a VQ autoencoder with a discriminator (taming and ldm VQModels).
+"""Manual-optimisation training of an autoencoder with a discriminator, with upstream's semantics.
 
-Lightning 2.x refuses upstream's ``training_step(batch, batch_idx, optimizer_idx)`` with two
-optimizers, so :class:`ManualGANTraining` (mixed in before taming's or ldm's ``VQModel``) runs
-each batch as: one forward, the autoencoder loss and its optimizer step, the discriminator loss
-on detached outputs and its step, then any learning-rate schedulers. The loss and its adaptive
-weight are upstream's, called as upstream calls them, except for the step it is given:
+taming's and ldm's GAN autoencoders (VQModel, GumbelVQ, AutoencoderKL) were written for
+pytorch-lightning 1.0, which called ``training_step(batch, batch_idx, optimizer_idx)`` once per
+optimizer; Lightning 2.x refuses two optimizers outside manual optimisation.
+:class:`ManualGANTraining` reproduces what Lightning 1.0 did with such a model, batch by batch:
 
-``batches_trained`` is the number of training batches, which the loss compares with
-``disc_start``: the quantiser's ``clock`` when it has one (ArcQuantizer: autoencoder optimizer
-steps, saved in the state_dict), else ``global_step // 2`` (Lightning >= 1.6 counts both
-optimizers' steps in ``global_step``, which would start the discriminator twice as early).
+1. autoencoder pass: forward with gradients, upstream's loss with ``optimizer_idx=0``, backward
+   (the discriminator's parameters frozen meanwhile, as Lightning's ``toggle_optimizer`` did);
+2. discriminator pass (``disc_reconstruction``):
+
+   - ``"fresh"`` (default, upstream's behaviour): a second forward without gradients, after the
+     autoencoder's step, so the discriminator sees reconstructions of the updated autoencoder.
+     Quantisers are ``passive()`` in it (no ArcLoss, no code counting);
+   - ``"reuse"``: the first forward's reconstructions, detached: one forward per batch instead of
+     two (a speed option; the discriminator then sees the autoencoder before its step);
+
+   then the loss with ``optimizer_idx=1`` and backward;
+3. gradient accumulation (``accumulate_grad_batches``, which Lightning refuses under manual
+   optimisation): losses are divided by it, and both optimizers step (then zero their gradients)
+   every ``accumulate_grad_batches`` batches and at the last batch of an epoch, as Lightning 1.0's
+   accumulation did; learning-rate schedulers step with them;
+4. the step given to the loss (compared with ``disc_start``, used by GumbelVQ's temperature) is
+   :attr:`optimizer_steps`, the autoencoder optimizer steps completed in this training: the
+   ``global_step`` upstream's loss saw under Lightning 1.0 (Lightning >= 1.6 counts both
+   optimizers' steps in ``global_step``). It is the same for a baseline and an ArcVQ model, is
+   restored on resume, and starts at 0 when fine-tuning from weights (``ckpt_path``); an ArcVQ
+   quantiser's ``clock`` is its own.
+
+Gradients accumulated when a checkpoint is written between optimizer steps are saved in it and
+restored at train start, so resuming from any batch boundary continues the straight run.
+
+The mixin is used by ``arcvq_plugin.taming.VQModel``, ``arcvq_plugin.ldm.VQModel`` and, through
+``arcvq-patch``, by the patched upstream models.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from pytorch_lightning.utilities import rank_zero_info
@@ -23,9 +46,26 @@ from arcvq_plugin.checkpoint_loading import load_state_dict
 from arcvq_plugin.norm_bound import quantizers_in
 from arcvq_plugin.norm_bound_callback import NormBoundCallback
 
-__all__ = ["ManualGANTraining"]
+__all__ = ["DISC_RECONSTRUCTIONS", "ManualGANTraining", "validate_accumulation", "validate_disc_reconstruction"]
 
-OPTIMIZERS_PER_BATCH = 2  # autoencoder + discriminator
+OPTIMIZERS_PER_STEP = 2  # autoencoder + discriminator: Lightning's global_step counts both
+DISC_RECONSTRUCTIONS = ("fresh", "reuse")
+ACCUMULATED_GRADIENTS_KEY = "arcvq_accumulated_gradients"
+
+
+def validate_disc_reconstruction(value: Any) -> str:
+    """``value`` if it is one of :data:`DISC_RECONSTRUCTIONS`, else a ValueError naming the option."""
+    if value not in DISC_RECONSTRUCTIONS:
+        raise ValueError(f"disc_reconstruction must be 'fresh' (a second forward after the autoencoder "
+                         f"step, upstream's behaviour) or 'reuse' (one forward per batch), got {value!r}")
+    return value
+
+
+def validate_accumulation(value: Any) -> int:
+    """``value`` if it is an integer >= 1, else a ValueError naming ``accumulate_grad_batches``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"accumulate_grad_batches must be an integer >= 1, got {value!r}")
+    return value
 
 
 def _accepts_keyword(function: Any, name: str) -> bool:
@@ -33,10 +73,50 @@ def _accepts_keyword(function: Any, name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+@contextlib.contextmanager
+def _frozen(parameters: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """``requires_grad=False`` for ``parameters`` inside the block (Lightning's ``toggle_optimizer``)."""
+    toggled = [p for p in parameters if p.requires_grad]
+    for p in toggled:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in toggled:
+            p.requires_grad_(True)
+
+
+def _only_in(optimizer: torch.optim.Optimizer, other: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """Parameters ``optimizer`` updates and ``other`` does not."""
+    others = {id(p) for group in other.param_groups for p in group["params"]}
+    return [p for group in optimizer.param_groups for p in group["params"] if id(p) not in others]
+
+
+@contextlib.contextmanager
+def passive_quantizers(module: torch.nn.Module) -> Iterator[None]:
+    """Every submodule with a ``passive()`` context (ArcQuantizer) is passive inside the block."""
+    with contextlib.ExitStack() as stack:
+        for submodule in module.modules():
+            passive = getattr(submodule, "passive", None)
+            if callable(passive):
+                stack.enter_context(passive())
+        yield
+
+
 class ManualGANTraining:
     """Mixin for a LightningModule with upstream VQModel's ``encode``, ``decode``, ``get_input``,
     ``loss``, ``get_last_layer``, ``image_key`` and two optimizers (autoencoder, discriminator).
-    Set ``self.automatic_optimization = False`` in ``__init__``."""
+    Set ``self.automatic_optimization = False`` in ``__init__``.
+
+    Attributes (class defaults, set per instance by the models and the trainer CLIs):
+        disc_reconstruction: ``"fresh"`` or ``"reuse"`` (see the module docstring).
+        accumulate_grad_batches: batches per optimizer step (>= 1).
+    A model whose loss takes other inputs (AutoencoderKL) overrides :meth:`_autoencode` and
+    :meth:`_gan_loss`.
+    """
+
+    disc_reconstruction: str = "fresh"
+    accumulate_grad_batches: int = 1
 
     # ---- checkpoints -----------------------------------------------------------------------
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = ()) -> None:
@@ -55,59 +135,91 @@ class ManualGANTraining:
                        f"{sorted(missing)}, unexpected {sorted(set(unexpected) - set(loss_keys))}, "
                        f"{len(loss_keys)} loss.* keys this model's loss does not use")
 
-    # ---- the clock -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save gradients accumulated since the last optimizer step (none at a step boundary)."""
+        gradients = {name: p.grad.detach().cpu().clone() for name, p in self.named_parameters()
+                     if p.grad is not None}
+        if gradients:
+            checkpoint[ACCUMULATED_GRADIENTS_KEY] = gradients
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._gradients_to_restore = checkpoint.get(ACCUMULATED_GRADIENTS_KEY, {})
+
+    # ---- the loss's step -------------------------------------------------------------------
     @property
-    def batches_trained(self) -> int:
-        """Training batches so far (see the module docstring)."""
-        clock = getattr(self.quantize, "clock", None)
-        if isinstance(clock, torch.Tensor):
-            return int(clock)
-        return self.global_step // OPTIMIZERS_PER_BATCH
+    def optimizer_steps(self) -> int:
+        """Autoencoder optimizer steps completed in this training (see the module docstring)."""
+        return self.global_step // OPTIMIZERS_PER_STEP
 
     def on_train_start(self) -> None:
         hooked = any(isinstance(cb, NormBoundCallback) for cb in self.trainer.callbacks)
         if quantizers_in(self, trainable_only=True) and not hooked:
             raise RuntimeError("this model has an ArcQuantizer but the Trainer has no "
                                "NormBoundCallback: without it the clock never advances (no norm bound, "
-                               "no ArcLoss schedule, no discriminator start). Add "
+                               "no ArcLoss schedule). Add "
                                "`norm_bound: {target: arcvq_plugin.NormBoundCallback}` under "
                                "lightning.callbacks, or callbacks=[arcvq_plugin.NormBoundCallback()]")
+        validate_disc_reconstruction(self.disc_reconstruction)
+        validate_accumulation(self.accumulate_grad_batches)
+        gradients = getattr(self, "_gradients_to_restore", None) or {}
+        parameters = dict(self.named_parameters())
+        for name, gradient in gradients.items():
+            parameters[name].grad = gradient.to(parameters[name].device, parameters[name].dtype)
+        self._gradients_to_restore = {}
 
     # ---- one batch -------------------------------------------------------------------------
-    def _reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> (reconstruction (B, C, H, W), quantiser loss, code indices)."""
+    def _autoencode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """x (B, C, H, W) -> (reconstruction (B, C, H, W), (quantiser loss, code indices)): the
+        loss's inputs besides x and the reconstruction."""
         quant, qloss, (_, _, indices) = self.encode(x)
-        return self.decode(quant), qloss, indices
+        return self.decode(quant), (qloss, indices)
 
-    def _gan_loss(self, qloss: torch.Tensor, x: torch.Tensor, xrec: torch.Tensor,
-                  optimizer_idx: int, split: str, indices: torch.Tensor):
-        """Upstream's loss for ``optimizer_idx`` (0: autoencoder, 1: discriminator) at
-        ``batches_trained``; ``predicted_indices`` only for losses that accept it (ldm's do,
-        taming's ``VQLPIPSWithDiscriminator`` does not)."""
+    def _gan_loss(self, x: torch.Tensor, xrec: torch.Tensor, extras: tuple, optimizer_idx: int,
+                  step: int, split: str):
+        """Upstream's loss for ``optimizer_idx`` (0: autoencoder, 1: discriminator) at ``step``;
+        ``predicted_indices`` only for losses that accept it (ldm's do, taming's
+        ``VQLPIPSWithDiscriminator`` does not)."""
+        qloss, indices = extras
         extra = ({"predicted_indices": indices}
                  if _accepts_keyword(self.loss.forward, "predicted_indices") else {})
-        return self.loss(qloss, x, xrec, optimizer_idx, self.batches_trained,
+        return self.loss(qloss, x, xrec, optimizer_idx, step,
                          last_layer=self.get_last_layer(), split=split, **extra)
+
+    def _discriminator_inputs(self, x: torch.Tensor, xrec: torch.Tensor, extras: tuple):
+        if self.disc_reconstruction == "reuse":
+            return xrec.detach(), tuple(e.detach() if isinstance(e, torch.Tensor) else e for e in extras)
+        with torch.no_grad(), passive_quantizers(self):
+            return self._autoencode(x)
+
+    def _ends_accumulation(self, batch_idx: int) -> bool:
+        return (batch_idx + 1) % self.accumulate_grad_batches == 0 or bool(self.trainer.is_last_batch)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         opt_ae, opt_disc = self.optimizers()
+        step = self.optimizer_steps
+        scale = 1.0 / self.accumulate_grad_batches
+        steps_now = self._ends_accumulation(batch_idx)
+        disc_only = _only_in(opt_disc.optimizer, opt_ae.optimizer)
         x = self.get_input(batch, self.image_key)
-        xrec, qloss, indices = self._reconstruct(x)
-        quantizer_logs = self._quantizer_logs("train")
 
-        aeloss, log_ae = self._gan_loss(qloss, x, xrec, 0, "train", indices)
-        opt_ae.zero_grad(set_to_none=True)
-        self.manual_backward(aeloss)
-        opt_ae.step()
+        with _frozen(disc_only):
+            xrec, extras = self._autoencode(x)
+            quantizer_logs = self._quantizer_logs("train")
+            aeloss, log_ae = self._gan_loss(x, xrec, extras, 0, step, "train")
+            self.manual_backward(aeloss * scale)
+        if steps_now:
+            opt_ae.step()
+            opt_ae.zero_grad(set_to_none=True)
 
-        discloss, log_disc = self._gan_loss(qloss.detach(), x, xrec.detach(), 1, "train", indices)
-        opt_disc.zero_grad(set_to_none=True)
-        self.manual_backward(discloss)
-        opt_disc.step()
-
-        schedulers = self.lr_schedulers() or []
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            scheduler.step()
+        xrec_d, extras_d = self._discriminator_inputs(x, xrec, extras)
+        discloss, log_disc = self._gan_loss(x, xrec_d, extras_d, 1, step, "train")
+        self.manual_backward(discloss * scale)
+        if steps_now:
+            opt_disc.step()
+            opt_disc.zero_grad(set_to_none=True)
+            schedulers = self.lr_schedulers() or []
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()
 
         self.log("train/aeloss", aeloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/discloss", discloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
@@ -120,10 +232,11 @@ class ManualGANTraining:
         """Log the validation losses under ``split/``, each key once (upstream logs
         ``val/rec_loss`` twice, which Lightning rejects); returns them."""
         x = self.get_input(batch, self.image_key)
-        xrec, qloss, indices = self._reconstruct(x)
+        xrec, extras = self._autoencode(x)
         quantizer_logs = self._quantizer_logs(split)
-        aeloss, log_ae = self._gan_loss(qloss, x, xrec, 0, split, indices)
-        _, log_disc = self._gan_loss(qloss, x, xrec, 1, split, indices)
+        step = self.optimizer_steps
+        aeloss, log_ae = self._gan_loss(x, xrec, extras, 0, step, split)
+        _, log_disc = self._gan_loss(x, xrec, extras, 1, step, split)
         rec_loss = log_ae.pop(f"{split}/rec_loss")
         self.log(f"{split}/rec_loss", rec_loss, prog_bar=True, sync_dist=True)
         self.log(f"{split}/aeloss", aeloss, prog_bar=True, sync_dist=True)

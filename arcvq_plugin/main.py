@@ -17,8 +17,11 @@ before training (see :mod:`arcvq_plugin.trainer_cli.config_check`). A run writes
 Defaults: a TensorBoard logger; callbacks ``image_logger`` (:class:`arcvq_plugin.image_logger.ImageLogger`,
 every 750 steps, 4 images), ``learning_rate_logger`` (``LearningRateMonitor`` per step) and
 ``checkpoint_callback`` (``ModelCheckpoint`` with ``save_last``; top 3 by ``model.monitor`` when the
-model has one); Lightning's progress bar; a checkpoint on SIGUSR1. Models containing an
-``arcvq_plugin.ArcQuantizer`` get a ``NormBoundCallback`` when the config lists none.
+model has one); Lightning's progress bar; and :func:`arcvq_plugin.trainer_cli.training_setup.added_callbacks`:
+a checkpoint on SIGUSR1 at the end of the current batch, the RNG states in checkpoints, and a
+``NormBoundCallback`` for models containing an ``arcvq_plugin.ArcQuantizer`` when the config lists
+none. ``accumulate_grad_batches`` of a manually optimised GAN model is handed to the model
+(:func:`~arcvq_plugin.trainer_cli.training_setup.hand_accumulation_to_model`).
 
 Differences from upstream, all forced by pytorch-lightning 2.x or by exactness: ``--gpus`` maps to
 ``accelerator: gpu, devices: [...]`` (with several GPUs ``strategy: ddp_find_unused_parameters_true``,
@@ -41,10 +44,11 @@ from pytorch_lightning import seed_everything
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.trainer_cli.arguments import TRAINER_ARGUMENTS, parse_args, translate_gpus
-from arcvq_plugin.trainer_cli.callbacks import CheckpointOnSignal, SetupCallback
+from arcvq_plugin.trainer_cli.callbacks import SetupCallback
 from arcvq_plugin.trainer_cli.config_check import ConfigError, check_config, check_trainer_kwargs
 from arcvq_plugin.checkpoint_loading import load_checkpoint
 from arcvq_plugin.trainer_cli.resume import check_state_dict_matches, resolve_resume
+from arcvq_plugin.trainer_cli.training_setup import added_callbacks, hand_accumulation_to_model
 
 __all__ = ["main"]
 
@@ -109,20 +113,6 @@ def _trainer_kwargs(trainer_config: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _ensure_norm_bound(model: pl.LightningModule, callbacks: list[pl.Callback]) -> None:
-    """Add a NormBoundCallback when the model trains an ArcQuantizer and the config lists none."""
-    from arcvq_plugin.norm_bound import quantizers_in
-
-    if not quantizers_in(model, trainable_only=True):
-        return
-    from arcvq_plugin import NormBoundCallback
-
-    if not any(isinstance(callback, NormBoundCallback) for callback in callbacks):
-        print("The model contains an ArcQuantizer and lightning.callbacks has no NormBoundCallback: "
-              "adding arcvq_plugin.NormBoundCallback() (the codebook norm bound needs it).")
-        callbacks.append(NormBoundCallback())
-
-
 def _default_callbacks(model: pl.LightningModule, ckptdir: str) -> dict[str, Any]:
     modelckpt_params: dict[str, Any] = {"dirpath": ckptdir, "filename": "{epoch:06}", "verbose": True,
                                         "save_last": True}
@@ -147,10 +137,12 @@ def _has_test_split(data: pl.LightningDataModule, model: pl.LightningModule) -> 
     return has_loader and has_step
 
 
-def _set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: pl.Trainer, scale_lr: bool) -> None:
+def _set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: pl.Trainer, scale_lr: bool,
+                       accumulate: int) -> None:
     """``model.learning_rate`` = accumulate * devices * batch_size * base_lr (``--scale_lr``), else base_lr.
 
-    ``devices`` is the number of devices per node, upstream's ``ngpu`` (1 on a single CPU process).
+    ``devices`` is the number of devices per node, upstream's ``ngpu`` (1 on a single CPU process);
+    ``accumulate`` the batches per optimizer step (``accumulate_grad_batches``).
     """
     base_lr = float(config.model.base_learning_rate)
     if not scale_lr:
@@ -161,7 +153,6 @@ def _set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: p
     if batch_size is None:
         raise ConfigError("--scale_lr needs data.params.batch_size (or pass --scale_lr false)")
     ngpu = trainer.num_devices
-    accumulate = trainer.accumulate_grad_batches
     print(f"accumulate_grad_batches = {accumulate}")
     model.learning_rate = accumulate * ngpu * int(batch_size) * base_lr
     print(f"Setting learning rate to {model.learning_rate:.2e} = {accumulate} (accumulate_grad_batches) * "
@@ -203,9 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
         callbacks_cfg["checkpoint_callback"], lightning_config.get("modelcheckpoint", None) or {})
     callbacks_cfg = OmegaConf.merge(callbacks_cfg, lightning_config.get("callbacks", None) or {})
     callbacks = [instantiate_from_config(callbacks_cfg[key]) for key in callbacks_cfg]
-    callbacks += [SetupCallback(now, logdir, ckptdir, os.path.join(logdir, "configs"), config, lightning_config),
-                  CheckpointOnSignal(os.path.join(ckptdir, "last.ckpt"))]
-    _ensure_norm_bound(model, callbacks)
+    callbacks.append(SetupCallback(now, logdir, ckptdir, os.path.join(logdir, "configs"), config, lightning_config))
+    callbacks += added_callbacks(model, callbacks, os.path.join(ckptdir, "last.ckpt"))
+    accumulate = hand_accumulation_to_model(model, trainer_kwargs)
     trainer = pl.Trainer(**trainer_kwargs, logger=instantiate_from_config(logger_cfg), callbacks=callbacks)
 
     data = instantiate_from_config(config.data)
@@ -213,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     data.setup()
     for split, dataset in getattr(data, "datasets", {}).items():
         print(f"{split}, {type(dataset).__name__}, {len(dataset)}")
-    _set_learning_rate(model, config, trainer, opt.scale_lr)
+    _set_learning_rate(model, config, trainer, opt.scale_lr, accumulate)
 
     if opt.train:
         trainer.fit(model, data, ckpt_path=ckpt, weights_only=weights_only)

@@ -15,9 +15,10 @@ norm <= R(t).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 from einops import rearrange
@@ -126,6 +127,7 @@ class ArcQuantizer(VectorQuantizer2):
         self.loss_breakdown: dict[str, torch.Tensor] = {}
         self._forwards_since_step = 0
         self._warned_unbounded = False
+        self._passive = False
 
     # ---- schedules -------------------------------------------------------------------------
     @property
@@ -145,6 +147,19 @@ class ArcQuantizer(VectorQuantizer2):
         self._forwards_since_step = 0
         if self.use_bbnr:
             clip_rows_to_radius_(self.embedding.weight, log_radius(self.bbnr_alpha, self.clock))
+
+    @contextlib.contextmanager
+    def passive(self) -> Iterator["ArcQuantizer"]:
+        """Forwards inside this block select codes and return the VQ loss only: no ArcLoss, no
+        code counting, ``loss_breakdown`` and the step-less-forward count left as they are.
+
+        For a second pass over a batch that must not train the quantiser twice (the GAN
+        discriminator's fresh reconstructions, see :mod:`arcvq_plugin.gan_training`)."""
+        previous, self._passive = self._passive, True
+        try:
+            yield self
+        finally:
+            self._passive = previous
 
     def reset_code_counts(self) -> None:
         """Zero ``code_counts`` (per-code selection counts accumulated over forwards)."""
@@ -177,8 +192,9 @@ class ArcQuantizer(VectorQuantizer2):
 
     def forward(self, z: torch.Tensor, temp=None, rescale_logits=False, return_logits=False):
         self._check_input(z, temp, rescale_logits, return_logits)
-        use_arc = self.training and self.use_arc_loss
-        if self.training:
+        active = not self._passive
+        use_arc = self.training and self.use_arc_loss and active
+        if self.training and active:
             self._note_training_forward()
         z = rearrange(z, "b c h w -> b h w c").contiguous()
         z_flat = z.view(-1, self.e_dim)
@@ -205,21 +221,24 @@ class ArcQuantizer(VectorQuantizer2):
             else:
                 arc = vq.new_zeros(())
                 loss = vq
-            perplexity, usage = self._count_codes(indices)
-        self.loss_breakdown = {
-            "vq": vq.detach(), "arc": arc.detach(), "arc_weight": weight,
-            "radius": self.radius, "perplexity": perplexity, "usage": usage,
-        }
+            perplexity, usage = self._count_codes(indices, record=active)
+        if active:
+            self.loss_breakdown = {
+                "vq": vq.detach(), "arc": arc.detach(), "arc_weight": weight,
+                "radius": self.radius, "perplexity": perplexity, "usage": usage,
+            }
         z_q = z + (z_q - z).detach()  # straight-through estimator
         z_q = rearrange(z_q, "b h w c -> b c h w").contiguous()
         return z_q, loss, (perplexity, None, self._output_indices(indices, z_q))
 
     @torch.no_grad()
-    def _count_codes(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Perplexity and used fraction of this batch's codes (no host sync); updates code_counts."""
+    def _count_codes(self, indices: torch.Tensor, record: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Perplexity and used fraction of this batch's codes (no host sync); with ``record``,
+        adds them to ``code_counts``."""
         counts = torch.zeros(self.n_e, device=indices.device).index_add_(
             0, indices, torch.ones(indices.shape[0], device=indices.device))
-        self.code_counts += counts
+        if record:
+            self.code_counts += counts
         p = counts / indices.shape[0]
         perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
         return perplexity, (counts > 0).float().mean()

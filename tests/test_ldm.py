@@ -50,7 +50,7 @@ def test_first_stage_trains_with_arcvq_through_the_cli(runs):
 
     assert isinstance(model, VQModel) and isinstance(model.quantize, ArcQuantizer)
     assert int(model.quantize.clock) == 2  # one codebook-optimizer step per batch
-    assert model.batches_trained == 2 and model.global_step == 4  # Lightning counts both optimizers
+    assert model.optimizer_steps == 2 and model.global_step == 4  # Lightning counts both optimizers
     norms = model.quantize.embedding.weight.norm(dim=1)
     assert bool((norms <= model.quantize.radius * (1 + 1e-5)).all())
     state = load_state_dict(runs["fs_ckpt"])

@@ -87,11 +87,11 @@ def test_predicted_indices_reach_only_losses_that_take_them():
     model.quantize.clock.fill_(5)
     x, indices = torch.zeros(1, 3, 32, 32), torch.zeros(64, dtype=torch.long)
     model.loss = TamingStyleLoss()
-    model._gan_loss(torch.tensor(0.0), x, x, 0, "train", indices)
-    assert model.loss.calls == [(0, 5, "train")]  # the step given is the clock (batches trained)
+    model._gan_loss(x, x, (torch.tensor(0.0), indices), 0, 3, "train")
+    assert model.loss.calls == [(0, 3, "train")]  # the step given is the caller's, not the clock
     model.loss = LdmStyleLoss()
-    model._gan_loss(torch.tensor(0.0), x, x, 1, "val", indices)
-    assert model.loss.calls == [(1, 5, "val", (64,))]
+    model._gan_loss(x, x, (torch.tensor(0.0), indices), 1, 3, "val")
+    assert model.loss.calls == [(1, 3, "val", (64,))]
 
 
 def test_names_ldm_uses_without_import_are_provided():

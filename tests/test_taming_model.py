@@ -59,13 +59,13 @@ def test_arcvq_trains_both_optimizers_once_per_batch_on_the_quantizer_clock(tmp_
     metrics = trainer.callback_metrics
     assert type(model.quantize).__name__ == "ArcQuantizer"
     # the clock counts batches; Lightning's global_step counts both optimizers' steps
-    assert int(model.quantize.clock) == BATCHES == model.batches_trained
+    assert int(model.quantize.clock) == BATCHES == model.optimizer_steps
     assert trainer.global_step == 2 * BATCHES
     opt_ae, opt_disc = trainer.optimizers
     for opt in (opt_ae, opt_disc):
         steps = {int(state["step"]) for state in opt.state.values()}
         assert steps == {BATCHES}
-    # disc_start=2 counts batches: factor 0, 0, 1 over the 3 batches (global_step would give 0, 1, 1)
+    # disc_start=2 counts autoencoder steps: factor 0, 0, 1 over the 3 batches (global_step: 0, 1, 1)
     assert float(metrics["train/disc_factor_epoch"]) == pytest.approx(1 / 3)
     # the quantiser's breakdown beside upstream's logs, training and validation
     for split in ("train", "val"):
@@ -87,7 +87,7 @@ def test_arcvq_trains_both_optimizers_once_per_batch_on_the_quantizer_clock(tmp_
 def test_baseline_is_taming_vector_quantizer_and_counts_batches_from_global_step(tmp_path):
     model, trainer = fit("tiny_baseline", tmp_path)
     assert type(model.quantize).__name__ == "VectorQuantizer2"
-    assert trainer.global_step == 2 * BATCHES and model.batches_trained == BATCHES
+    assert trainer.global_step == 2 * BATCHES and model.optimizer_steps == BATCHES
     metrics = trainer.callback_metrics
     assert float(metrics["train/disc_factor_epoch"]) == pytest.approx(1 / 3)
     assert "val/rec_loss" in metrics and "codebook/usage_percent" in metrics
@@ -151,7 +151,7 @@ def test_init_from_ckpt_restores_the_quantizer_before_anything_else(tmp_path):
     torch.save({"state_dict": source.state_dict(), "global_step": 14}, path)
 
     restored = tiny_model(ckpt_path=str(path), ignore_keys=["loss.discriminator"])
-    assert int(restored.quantize.clock) == 7 and restored.batches_trained == 7
+    assert int(restored.quantize.clock) == 7 and restored.optimizer_steps == 0
     torch.testing.assert_close(restored.quantize.embedding.weight, source.quantize.embedding.weight)
     torch.testing.assert_close(restored.encoder.conv_in.weight, source.encoder.conv_in.weight)
     assert not torch.equal(restored.loss.discriminator.main[0].weight, source.loss.discriminator.main[0].weight)

@@ -11,23 +11,25 @@ Configs written for upstream keep working after changing ``target: main.DataModu
         train: {target: ..., params: {...}}
         validation: {target: ..., params: {...}}
 
-One difference from upstream, for exact resumption: the training loader shuffles with a
-:class:`EpochSeededRandomSampler`, whose order depends only on ``(shuffle_seed, epoch)`` instead of
-on the global torch RNG at the start of each epoch (which Lightning does not checkpoint). Under
-DDP Lightning replaces it by its ``DistributedSampler``, which is epoch-seeded in the same way.
+One difference from upstream, for exact resumption: the training loader is a
+:class:`arcvq_plugin.data.resumable.ResumableDataLoader`, whose order depends only on
+``(shuffle_seed, epoch, rank)`` instead of on the global torch RNG at the start of each epoch
+(which Lightning does not checkpoint), whose per-sample random draws are seeded per sample, and
+whose position in the epoch is saved in checkpoints, so a run resumed from any batch boundary
+(``kill -USR1``, preemption) continues the straight run.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.data.resumable import ResumableDataLoader
 
-__all__ = ["WrappedDataset", "EpochSeededRandomSampler", "DataModuleFromConfig"]
+__all__ = ["WrappedDataset", "DataModuleFromConfig"]
 
 
 class WrappedDataset(Dataset):
@@ -41,27 +43,6 @@ class WrappedDataset(Dataset):
 
     def __getitem__(self, idx: int) -> Any:
         return self.data[idx]
-
-
-class EpochSeededRandomSampler(RandomSampler):
-    """A permutation of ``range(len(data_source))`` drawn from a generator seeded with ``seed + epoch``.
-
-    It subclasses ``RandomSampler`` so that Lightning recognises the loader as shuffled (and swaps
-    in a ``DistributedSampler`` under DDP); Lightning calls :meth:`set_epoch` before every epoch.
-    """
-
-    def __init__(self, data_source: Any, seed: int = 0):
-        super().__init__(data_source)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class DataModuleFromConfig(pl.LightningDataModule):
@@ -124,17 +105,12 @@ class DataModuleFromConfig(pl.LightningDataModule):
             return int(self.shuffle_seed)
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def _loader(self, split: str, sampler: Optional[RandomSampler] = None) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            sampler=sampler,
-        )
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, num_workers=self.num_workers)
 
-    def _train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        return self._loader("train", EpochSeededRandomSampler(dataset, seed=self._seed()))
+    def _train_dataloader(self) -> ResumableDataLoader:
+        return ResumableDataLoader(self.datasets["train"], batch_size=self.batch_size, seed=self._seed(),
+                                   num_workers=self.num_workers)
 
     def _val_dataloader(self) -> DataLoader:
         return self._loader("validation")

@@ -20,14 +20,14 @@ buffer names are ldm's (``quantize.embedding.weight``; ArcQuantizer adds ``quant
 upstream checkpoints load into either model.
 
 What differs from ldm's training code, and why:
-- manual optimization (:class:`arcvq_plugin.gan_training.ManualGANTraining`, shared with the
-  taming model; Lightning 2.x refuses two optimizers with ``optimizer_idx``): one forward,
-  autoencoder step, discriminator step, then any ``scheduler_config`` LR schedulers;
+- the training loop is :class:`arcvq_plugin.gan_training.ManualGANTraining` (shared with the
+  taming model; Lightning 2.x refuses two optimizers with ``optimizer_idx``), which keeps ldm's
+  Lightning 1.x semantics: the discriminator trains on a fresh forward after the autoencoder step
+  (``disc_reconstruction: reuse`` for one forward per batch), the loss's step counts autoencoder
+  optimizer steps (the same for baseline and ArcVQ), ``accumulate_grad_batches`` accumulates over
+  batches, ``scheduler_config`` LR schedulers step with the optimizers;
 - the loss gets ``predicted_indices`` only when its ``forward`` accepts it (taming's
   ``VQLPIPSWithDiscriminator`` does not, ldm's own does);
-- the loss's ``global_step`` is the number of training batches (``batches_trained``: the
-  quantiser's clock when it has one, else ``global_step // 2``; Lightning >= 1.6 counts both
-  optimizers' steps in ``self.global_step``, which would start the discriminator twice as early);
 - training refuses to start with an ArcQuantizer but no ``NormBoundCallback``;
 - validation logs every key once, and runs the ``val_ema`` pass only with ``use_ema``;
 - ``ckpt_path`` is loaded after the quantiser is in place, so ``quantize.clock`` is restored;
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from arcvq_plugin.gan_training import ManualGANTraining
+from arcvq_plugin.gan_training import ManualGANTraining, validate_disc_reconstruction
 from arcvq_plugin.quantizer_config import build_quantizer
 from arcvq_plugin.taming.vqgan import offline_lossconfig
 
@@ -51,13 +51,18 @@ from ldm.modules.ema import LitEma  # noqa: E402
 __all__ = ["VQModel", "VQModelInterface"]
 
 
-class VQModel(ManualGANTraining, _LdmVQModel):
+# A latent-diffusion clone patched by arcvq-patch already trains its VQModel with ManualGANTraining.
+_BASES = ((_LdmVQModel,) if issubclass(_LdmVQModel, ManualGANTraining) else (ManualGANTraining, _LdmVQModel))
+
+
+class VQModel(*_BASES):
     """ldm's VQModel (same arguments, same architecture) with ``quantizer_config``; see module doc.
 
     Batches: ``{image_key: (B, H, W, C) float in [-1, 1]}``; ``forward(x (B, C, H, W))`` returns
     ``(reconstruction (B, C, H, W), quantiser loss)``. ``learning_rate`` must be set before
     training (``arcvq-train`` sets it from ``model.base_learning_rate`` as ldm's main.py does).
-    A lossconfig naming taming's ``VQLPIPSWithDiscriminator`` is built as
+    ``disc_reconstruction``: ``"fresh"`` (default, ldm's behaviour) or ``"reuse"`` (see
+    :mod:`arcvq_plugin.gan_training`). A lossconfig naming taming's ``VQLPIPSWithDiscriminator`` is built as
     :class:`arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator` (same loss, LPIPS weights read
     from disk, none built at ``perceptual_weight: 0``).
     """
@@ -80,7 +85,9 @@ class VQModel(ManualGANTraining, _LdmVQModel):
         sane_index_shape: bool = False,
         use_ema: bool = False,
         quantizer_config: Optional[Mapping[str, Any]] = None,
+        disc_reconstruction: str = "fresh",
     ) -> None:
+        self.disc_reconstruction = validate_disc_reconstruction(disc_reconstruction)
         for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -16,17 +16,13 @@ A taming yaml becomes ArcVQ by changing the model target and adding one block::
 Encoder, decoder, discriminator and every parameter name are upstream's, so upstream checkpoints
 load (``quantize.embedding.weight``; ArcVQ adds the buffer ``quantize.clock``).
 
-What differs from upstream:
+What differs from upstream: the training loop is
+:class:`arcvq_plugin.gan_training.ManualGANTraining` (Lightning 2.x refuses two optimizers
+otherwise), which reproduces upstream's Lightning 1.0 semantics: the discriminator trains on a
+fresh forward after the autoencoder step (``disc_reconstruction: reuse`` for one forward per
+batch), ``disc_start`` counts autoencoder optimizer steps (Lightning 1.0's ``global_step``, the
+same for baseline and ArcVQ), ``accumulate_grad_batches`` accumulates over batches. Also:
 
-- Manual optimisation (:class:`arcvq_plugin.gan_training.ManualGANTraining`; Lightning 2.x
-  refuses two optimizers otherwise): per batch one forward, the autoencoder loss and its
-  optimizer step, then the discriminator loss and its step, with upstream's loss and adaptive
-  weight unchanged.
-- The loss's ``disc_start`` counts training batches, not Lightning's ``global_step`` (which
-  counts both optimizers' steps, two per batch, and would start the discriminator after half the
-  intended batches). The count (:attr:`VQModel.batches_trained`) is the quantiser's ``clock``
-  when it has one (ArcQuantizer: autoencoder optimizer steps, saved in the state_dict, so resume
-  and ``init_from_ckpt`` continue it) and ``global_step // 2`` otherwise (the baseline).
 - Validation logs every key once (upstream logs ``val/rec_loss`` twice, which Lightning rejects),
   ``decode_code`` works (upstream calls a method no quantiser has), and the quantiser's
   ``loss_breakdown`` is logged as ``{train,val}/quantizer/{vq,arc,arc_weight,radius,perplexity,usage}``.
@@ -42,7 +38,7 @@ import torch
 from omegaconf import DictConfig
 
 from arcvq_plugin.compat import install_lightning_shims
-from arcvq_plugin.gan_training import ManualGANTraining
+from arcvq_plugin.gan_training import ManualGANTraining, validate_disc_reconstruction
 from arcvq_plugin.quantizer_config import build_quantizer, plain_config
 
 install_lightning_shims()
@@ -62,7 +58,12 @@ def offline_lossconfig(lossconfig: Mapping | DictConfig) -> dict:
     return config
 
 
-class VQModel(ManualGANTraining, taming_vqgan.VQModel):
+# A taming clone patched by arcvq-patch already trains its VQModel with ManualGANTraining.
+_BASES = ((taming_vqgan.VQModel,) if issubclass(taming_vqgan.VQModel, ManualGANTraining)
+          else (ManualGANTraining, taming_vqgan.VQModel))
+
+
+class VQModel(*_BASES):
     """taming's VQGAN with ``quantizer_config``; trains under pytorch-lightning 2.x (manual optimisation).
 
     Args: upstream's (``ddconfig``, ``lossconfig``, ``n_embed`` K, ``embed_dim`` D, ``ckpt_path``,
@@ -71,6 +72,8 @@ class VQModel(ManualGANTraining, taming_vqgan.VQModel):
         quantizer_config: ``{target, params}`` of the quantiser (default None: taming's
             ``VectorQuantizer2(n_embed, embed_dim, beta=0.25)``). ``n_e``, ``e_dim``, ``remap``
             and ``sane_index_shape`` are filled from the model's arguments.
+        disc_reconstruction: ``"fresh"`` (default: the discriminator sees a second forward made
+            after the autoencoder's step, as upstream) or ``"reuse"`` (one forward per batch).
     The quantiser is in place before ``ckpt_path`` is loaded, so ``init_from_ckpt`` restores it
     too (codebook and clock). Batches: ``{image_key: (B, H, W, C) float in [-1, 1]}``.
     ``learning_rate`` must be set before training (``arcvq-train`` sets it from
@@ -82,7 +85,9 @@ class VQModel(ManualGANTraining, taming_vqgan.VQModel):
                  image_key: str = "image", colorize_nlabels: Optional[int] = None,
                  monitor: Optional[str] = None, remap: Optional[str] = None,
                  sane_index_shape: bool = False,
-                 quantizer_config: Optional[Mapping] = None) -> None:
+                 quantizer_config: Optional[Mapping] = None,
+                 disc_reconstruction: str = "fresh") -> None:
+        self.disc_reconstruction = validate_disc_reconstruction(disc_reconstruction)
         for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
