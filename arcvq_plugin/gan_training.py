@@ -137,6 +137,8 @@ class ManualGANTraining:
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save gradients accumulated since the last optimizer step (none at a step boundary)."""
+        if self.automatic_optimization:  # a subclass trained by Lightning (VQSegmentationModel)
+            return
         gradients = {name: p.grad.detach().cpu().clone() for name, p in self.named_parameters()
                      if p.grad is not None}
         if gradients:
@@ -246,7 +248,7 @@ class ManualGANTraining:
     # ---- logging ---------------------------------------------------------------------------
     def _quantizer_logs(self, split: str) -> dict[str, torch.Tensor]:
         """The quantiser's ``loss_breakdown`` of its last forward (empty for taming's quantisers)."""
-        breakdown = getattr(self.quantize, "loss_breakdown", None) or {}
+        breakdown = getattr(getattr(self, "quantize", None), "loss_breakdown", None) or {}
         return {f"{split}/quantizer/{key}": value for key, value in breakdown.items()}
 
     def _log_metrics(self, metrics: Mapping[str, Any], **kwargs: Any) -> None:
