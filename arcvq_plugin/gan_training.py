@@ -20,8 +20,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from arcvq_plugin.checkpoint_loading import load_state_dict
-from arcvq_plugin.norm_bound import quantizers_in
-from arcvq_plugin.norm_bound_callback import NormBoundCallback
+from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 
 __all__ = ["ManualGANTraining"]
 
@@ -65,13 +64,7 @@ class ManualGANTraining:
         return self.global_step // OPTIMIZERS_PER_BATCH
 
     def on_train_start(self) -> None:
-        hooked = any(isinstance(cb, NormBoundCallback) for cb in self.trainer.callbacks)
-        if quantizers_in(self, trainable_only=True) and not hooked:
-            raise RuntimeError("this model has an ArcQuantizer but the Trainer has no "
-                               "NormBoundCallback: without it the clock never advances (no norm bound, "
-                               "no ArcLoss schedule, no discriminator start). Add "
-                               "`norm_bound: {target: arcvq_plugin.NormBoundCallback}` under "
-                               "lightning.callbacks, or callbacks=[arcvq_plugin.NormBoundCallback()]")
+        require_norm_bound_callback(self.trainer, self)
 
     # ---- one batch -------------------------------------------------------------------------
     def _reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -111,7 +111,7 @@ def _trainer_kwargs(trainer_config: dict[str, Any]) -> dict[str, Any]:
 
 def _ensure_norm_bound(model: pl.LightningModule, callbacks: list[pl.Callback]) -> None:
     """Add a NormBoundCallback when the model trains an ArcQuantizer and the config lists none."""
-    from arcvq_plugin.norm_bound import quantizers_in
+    from arcvq_plugin.norm_bound_callback import quantizers_in
 
     if not quantizers_in(model, trainable_only=True):
         return
