@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from arcvq_plugin.checkpoint_loading import load_checkpoint
 from arcvq_plugin.evaluation.codebook import codebook_metrics
@@ -86,8 +86,10 @@ def _metric_kwargs(args: argparse.Namespace) -> dict:
 
 def _evaluate_model(args: argparse.Namespace) -> dict:
     checkpoint, _ = load_checkpoint(args.ckpt)
-    config = build_config(args.base, checkpoint, args.overrides, keep_loss=args.keep_loss)
-    model = load_model(config, checkpoint)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{args.ckpt} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    config = build_config(args.base, checkpoint, args.overrides)
+    model = load_model(config, checkpoint, keep_loss=args.keep_loss, source=f"checkpoint {args.ckpt}")
     device = default_device(args.device)
     real, fake, indices = reconstruct(
         model, split_loader(config, args.split), device=device, max_images=args.max_images, value_range=tuple(args.value_range)

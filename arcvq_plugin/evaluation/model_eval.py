@@ -19,18 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
+from arcvq_plugin.inference import build_inference_model
 
 __all__ = ["SPLIT_LOADERS", "build_config", "load_model", "split_loader", "reconstruct", "find_codebook_size"]
 
 SPLIT_LOADERS = {"train": "train_dataloader", "validation": "val_dataloader", "test": "test_dataloader"}
-EVAL_LOSS_TARGET = "torch.nn.Identity"  # stands in for lossconfig: evaluation needs no LPIPS/discriminator
 
 
-def build_config(config_paths: Sequence[str], checkpoint: Mapping, dotlist: Iterable[str] = (), keep_loss: bool = False) -> DictConfig:
-    """Merge ``config_paths`` (or the checkpoint's embedded ``"config"`` when none) and ``dotlist``.
-
-    Unless ``keep_loss``, a ``model.params.lossconfig`` is replaced by ``torch.nn.Identity``.
-    """
+def build_config(config_paths: Sequence[str], checkpoint: Mapping, dotlist: Iterable[str] = ()) -> DictConfig:
+    """Merge ``config_paths`` (or the checkpoint's embedded ``"config"`` when none) and ``dotlist``."""
     if config_paths:
         config = load_configs(config_paths, dotlist)
     elif isinstance(checkpoint.get("config"), Mapping):
@@ -39,23 +36,18 @@ def build_config(config_paths: Sequence[str], checkpoint: Mapping, dotlist: Iter
         raise ValueError("no config: pass --base CONFIG.yaml (the checkpoint carries no 'config' entry)")
     if "model" not in config:
         raise ValueError("the config has no 'model' node (target/params)")
-    if not keep_loss and "lossconfig" in (config.model.get("params") or {}):
-        config.model.params.lossconfig = {"target": EVAL_LOSS_TARGET}
     return config
 
 
-def load_model(config: DictConfig, checkpoint: Mapping) -> nn.Module:
-    """Instantiate ``config.model`` and load the checkpoint's weights (``loss.*`` keys may differ)."""
-    model = instantiate_from_config(config.model)
+def load_model(config: DictConfig, checkpoint: Mapping, *, keep_loss: bool = False,
+               source: str = "the checkpoint") -> nn.Module:
+    """``config.model`` with the checkpoint's weights (its ``"state_dict"``, or the dict itself),
+    eval mode; the loss is ``nn.Identity`` unless ``keep_loss`` (see
+    :func:`arcvq_plugin.inference.build_inference_model`: ``loss.*`` keys may differ, no other)."""
     state_dict = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state_dict, Mapping):
-        raise ValueError("checkpoint holds no state dict")
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("loss.")]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith("loss.")]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval()
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{source} holds no state dict of tensors")
+    return build_inference_model(config.model, state_dict, strict=True, keep_loss=keep_loss, source=source)
 
 
 def split_loader(config: DictConfig, split: str) -> Iterable:
