@@ -13,11 +13,14 @@ so that nothing but the given weights is read:
 ``loss.*`` entries never count as a mismatch: they are training state. Every other entry must fit
 (``strict=True``), or at least every entry present on both sides must have the model's shape
 (``strict=False``); otherwise :class:`CheckpointMismatch` names the source and the keys.
+
+:func:`check_images` refuses images a built model cannot take (channels, size, NaN/inf pixels)
+with a message that says what the model takes, before they reach it.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +28,8 @@ from torch import nn
 
 from arcvq_plugin.config import instantiate_from_config
 
-__all__ = ["IDENTITY_LOSS", "LOSS_PREFIX", "CheckpointMismatch", "build_inference_model", "inference_config"]
+__all__ = ["IDENTITY_LOSS", "LOSS_PREFIX", "CheckpointMismatch", "build_inference_model", "check_images",
+           "encoder_input", "inference_config"]
 
 IDENTITY_LOSS = {"target": "torch.nn.Identity"}
 LOSS_PREFIX = "loss."
@@ -95,3 +99,41 @@ def build_inference_model(model_node: Mapping | DictConfig, state_dict: Mapping[
         raise CheckpointMismatch(message)
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     return model.eval()
+
+
+def encoder_input(model: nn.Module) -> Optional[tuple[int, int]]:
+    """``(channels, multiple)``: the image channels the encoder of ``model`` (``model.encoder``, or
+    the model itself) takes, and the number its image sides must be a multiple of (the product of
+    its convolutions' strides: 2 ** (len(ch_mult) - 1) for taming / ldm, 4 for the VQ-VAE); None
+    for a model without convolutions."""
+    encoder = getattr(model, "encoder", model)
+    convolutions = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions:
+        return None
+    multiple = 1
+    for convolution in convolutions:
+        multiple *= convolution.stride[0]
+    return convolutions[0].in_channels, multiple
+
+
+def _channels_name(channels: int) -> str:
+    return {1: "1 (grayscale)", 3: "3 (RGB)"}.get(channels, str(channels))
+
+
+def check_images(model: nn.Module, images: torch.Tensor, what: str = "images") -> None:
+    """ValueError naming ``what`` unless ``images`` (B, C, H, W) have the channels of ``model``'s
+    encoder, sides that are a multiple of its downsampling (see :func:`encoder_input`), and only
+    finite pixels."""
+    if images.ndim != 4:
+        raise ValueError(f"{what} must be a batch (B, C, H, W), got shape {tuple(images.shape)}")
+    channels, multiple = encoder_input(model) or (images.shape[1], 1)
+    if images.shape[1] != channels:
+        raise ValueError(f"{what} have {_channels_name(images.shape[1])} channels but the model takes "
+                         f"{_channels_name(channels)}: convert the images (e.g. the dataset's channels "
+                         "option) or use a model trained on such images")
+    height, width = images.shape[2:]
+    if height % multiple or width % multiple:
+        raise ValueError(f"{what} are {height}x{width} pixels, but the model takes sides that are "
+                         f"multiples of {multiple} (its downsampling factor): resize or crop them")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{what} hold NaN or inf pixels: the model takes finite values (in [-1, 1])")

@@ -7,11 +7,13 @@ same config's ``data:`` node (a LightningDataModule such as
 ``encode(x) -> (z_q, loss, info)`` with ``decode(z_q) -> x_rec`` (taming ``VQModel``,
 ``arcvq_plugin.vqvae.VQVAE``) or ``forward(x) -> (x_rec, loss, info)``; ``info[2]`` holds the code
 indices. Batches are taming examples (``{"image": (B, H, W, C)}``, read with the model's
-``get_input`` when it has one) with pixels in ``value_range`` (default [-1, 1]).
+``get_input`` when it has one) with pixels in ``value_range`` (default [-1, 1]); each batch is
+checked against the model first (channels, a size it can take, finite pixels).
 """
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -19,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.inference import build_inference_model
+from arcvq_plugin.inference import build_inference_model, check_images
 
-__all__ = ["SPLIT_LOADERS", "build_config", "load_model", "split_loader", "reconstruct", "find_codebook_size"]
+__all__ = ["SPLIT_LOADERS", "build_config", "data_folders", "find_codebook_size", "load_model", "reconstruct",
+           "split_loader"]
 
 SPLIT_LOADERS = {"train": "train_dataloader", "validation": "val_dataloader", "test": "test_dataloader"}
 
@@ -48,6 +51,25 @@ def load_model(config: DictConfig, checkpoint: Mapping, *, keep_loss: bool = Fal
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{source} holds no state dict of tensors")
     return build_inference_model(config.model, state_dict, strict=True, keep_loss=keep_loss, source=source)
+
+
+def data_folders(config: DictConfig) -> list[str]:
+    """Every existing folder named by a string anywhere under ``config.data`` (the data it reads)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str) and node and os.path.isdir(node):
+            found.append(node)
+
+    if "data" in config:
+        walk(OmegaConf.to_container(config.data, resolve=True))
+    return found
 
 
 def split_loader(config: DictConfig, split: str) -> Iterable:
@@ -119,8 +141,9 @@ def reconstruct(
     real, fake, codes = [], [], []
     count = 0
     with torch.no_grad():
-        for batch in loader:
+        for index, batch in enumerate(loader):
             x = _model_input(model, batch).to(device)
+            check_images(model, x, f"images of batch {index}")
             if max_images is not None:
                 x = x[: max_images - count]
             x_rec, indices = _reconstruct_batch(model, x)
