@@ -373,6 +373,10 @@ def test_cli_refuses_bad_numbers_an_empty_image_folder_and_a_read_only_folder(tm
     (tmp_path / "empty").mkdir()
     assert cli_main([src, str(tmp_path / "a.ckpt"), "--images", str(tmp_path / "empty"), "--image-size", "32"]) == 2
     assert f"no images (.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff) in '{tmp_path / 'empty'}'" in capsys.readouterr().err
+    Image.new("L", (40, 40)).save(tmp_path / "empty" / "grey.png")  # read as RGB, but 30 px is no multiple of f8
+    assert cli_main([src, str(tmp_path / "a.ckpt"), "--images", str(tmp_path / "empty"), "--image-size", "30"]) == 2
+    assert "image_size must be a multiple of the downsampling factor 8, got 30" in capsys.readouterr().err
+    (tmp_path / "empty" / "grey.png").unlink()
     locked = read_only(tmp_path / "locked")
     assert cli_main([src, str(locked / "a.ckpt")]) == 2
     assert f"cannot write into '{locked}' (read-only or not a folder)" in capsys.readouterr().err
