@@ -17,7 +17,7 @@ _LAZY = {
     "ArcQuantizer": "arcvq_plugin.quantizer",
     "NormBoundCallback": "arcvq_plugin.norm_bound_callback",
     "CodebookMonitor": "arcvq_plugin.codebook_monitor",
-    "register_norm_bound_hook": "arcvq_plugin.norm_bound",
+    "register_norm_bound_hook": "arcvq_plugin.norm_bound_callback",
     "arc_margin_loss": "arcvq_plugin.losses",
 }
 

@@ -43,8 +43,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from arcvq_plugin.checkpoint_loading import load_state_dict
-from arcvq_plugin.norm_bound import quantizers_in
-from arcvq_plugin.norm_bound_callback import NormBoundCallback
+from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 
 __all__ = ["DISC_RECONSTRUCTIONS", "ManualGANTraining", "validate_accumulation", "validate_disc_reconstruction"]
 
@@ -154,13 +153,7 @@ class ManualGANTraining:
         return self.global_step // OPTIMIZERS_PER_STEP
 
     def on_train_start(self) -> None:
-        hooked = any(isinstance(cb, NormBoundCallback) for cb in self.trainer.callbacks)
-        if quantizers_in(self, trainable_only=True) and not hooked:
-            raise RuntimeError("this model has an ArcQuantizer but the Trainer has no "
-                               "NormBoundCallback: without it the clock never advances (no norm bound, "
-                               "no ArcLoss schedule). Add "
-                               "`norm_bound: {target: arcvq_plugin.NormBoundCallback}` under "
-                               "lightning.callbacks, or callbacks=[arcvq_plugin.NormBoundCallback()]")
+        require_norm_bound_callback(self.trainer, self)
         validate_disc_reconstruction(self.disc_reconstruction)
         validate_accumulation(self.accumulate_grad_batches)
         gradients = getattr(self, "_gradients_to_restore", None) or {}

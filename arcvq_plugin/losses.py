@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .norm_bound import NORM_FLOOR
+from .validation import check_int, check_optional_int, check_real
 
 __all__ = ["ARCCOS_CLAMP", "CosineScan", "arc_margin_loss", "arc_margin_loss_normalized", "margin_cosine",
            "normalize_rows", "scan_cosines", "validate_arc_options"]
@@ -251,15 +252,14 @@ def arc_margin_loss_normalized(
     return (denominator - numerator).mean()
 
 
-def validate_arc_options(s: float, m: float, top_k: int, chunk_size: Optional[int]) -> None:
-    if not s > 0:
-        raise ValueError(f"s (ArcLoss scale) must be > 0, got {s}")
-    if not 0 <= m < math.pi:
-        raise ValueError(f"m (ArcLoss angular margin) must be in [0, pi), got {m}")
-    if not (isinstance(top_k, int) and top_k >= 1):
-        raise ValueError(f"top_k (ArcLoss positives per code) must be an integer >= 1, got {top_k!r}")
-    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+def validate_arc_options(s: float, m: float, top_k: int, chunk_size: Optional[int], *,
+                         prefix: str = "") -> None:
+    """ValueError naming ``prefix + name`` and its range for a bad ArcLoss option: ``s`` finite
+    > 0, ``m`` in [0, pi), ``top_k`` an integer >= 1, ``chunk_size`` None or an integer >= 1."""
+    check_real(f"{prefix}s", s, minimum=0.0, exclusive=True)
+    check_real(f"{prefix}m", m, minimum=0.0, below=math.pi, below_text="pi")
+    check_int(f"{prefix}top_k", top_k, minimum=1)
+    check_optional_int(f"{prefix}chunk_size", chunk_size, minimum=1)
 
 
 def arc_margin_loss(
@@ -288,7 +288,7 @@ def arc_margin_loss(
         raise ValueError(f"z must be (N, D) and codebook (K, D) with the same D, got "
                          f"{tuple(z.shape)} and {tuple(codebook.shape)}")
     if z.shape[0] < top_k:
-        raise ValueError(f"top_k={top_k} exceeds the number of latents N={z.shape[0]}")
+        raise ValueError(f"top_k must be <= the number of latents N={z.shape[0]}, got {top_k}")
     dtype = torch.promote_types(z.dtype, torch.float32)
     with torch.autocast(device_type=z.device.type, enabled=False):
         z_hat = normalize_rows(z.to(dtype))

@@ -16,7 +16,6 @@ norm <= R(t).
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from typing import Iterator, Optional, Union
 
@@ -28,20 +27,12 @@ from .all_gather import all_gather_rows
 from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
 from .norm_bound import clip_rows_to_radius_
 from .schedules import arc_weight, log_radius, radius
+from .validation import check_bool, check_int, check_real
 
 __all__ = ["ArcQuantizer"]
 
 UNBOUNDED_FORWARDS_WARNING = 100
 """Training forwards without ``after_optimizer_step()`` after which a (single) warning is issued."""
-
-
-def _check(name: str, ok: bool, allowed: str, value) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class ArcQuantizer(VectorQuantizer2):
@@ -50,23 +41,27 @@ class ArcQuantizer(VectorQuantizer2):
     Args (taming's first, same meaning and defaults):
         n_e: codebook size K >= 1.
         e_dim: code dimension D >= 1 (channels of the encoder output).
-        beta: commitment weight >= 0 (default 0.25, taming VQModel's value). With
+        beta: commitment weight, finite and >= 0 (default 0.25, taming VQModel's value). With
             ``legacy=True`` (taming's default) beta multiplies the codebook term, as upstream.
         remap, unknown_index, sane_index_shape, legacy: as ``VectorQuantizer2``.
     ArcVQ arguments (keyword only):
         use_bbnr: apply the norm bound after each optimizer step (default True).
         use_arc_loss: add lambda(t) * L_arc to the training loss (default True).
             ``use_bbnr=False, use_arc_loss=False`` is the paper's "cosine matching only" row.
-        bbnr_alpha: growth rate alpha >= 0 of R(t) = exp(alpha t) (default 3e-4; 0: fixed R = 1).
-        arc_s: logit scale > 0 (default 10). arc_m: margin in [0, pi) (default 0.1).
-        arc_top_k: positives per code >= 1 (default 3).
-        arc_gamma: gamma0 >= 0 (default 1). arc_gamma_decay: delta >= 0 (default 5e-4).
-        arc_chunk_size: latents per chunk of the K x N cosine matrix (None: dense, fastest,
+        bbnr_alpha: growth rate alpha (finite, >= 0) of R(t) = exp(alpha t) (default 3e-4; 0: fixed R = 1).
+        arc_s: logit scale, finite and > 0 (default 10). arc_m: margin in [0, pi) (default 0.1).
+        arc_top_k: positives per code, an integer >= 1 (default 3).
+        arc_gamma: gamma0, finite and >= 0 (default 1). arc_gamma_decay: delta, finite and >= 0
+            (default 5e-4).
+        arc_chunk_size: None or an integer >= 1, latents per chunk of the K x N cosine matrix (None: dense, fastest,
             holds one K x N float matrix from forward to backward; an integer bounds that to
             K x arc_chunk_size at the cost of one more K x N x D matrix product in backward).
         arc_gather_negatives: under torch.distributed, ArcLoss uses all ranks' latents (default False).
         check_finite: raise on non-finite input instead of poisoning the codebook (default True;
             costs one device-to-host sync per forward).
+
+    Every argument is checked here: integers must be ints (a bool is refused), numbers finite, and a
+    ValueError names the argument and its allowed range.
 
     Shapes: ``forward(z)`` with z (B, e_dim, H, W) returns ``(z_q (B, e_dim, H, W), loss (),
     (perplexity (), None, indices))``; indices are (B*H*W,) or (B, H, W) with sane_index_shape.
@@ -94,30 +89,26 @@ class ArcQuantizer(VectorQuantizer2):
         arc_gather_negatives: bool = False,
         check_finite: bool = True,
     ) -> None:
-        _check("n_e", _is_int(n_e) and n_e >= 1, "an integer >= 1", n_e)
-        _check("e_dim", _is_int(e_dim) and e_dim >= 1, "an integer >= 1", e_dim)
-        _check("beta", beta >= 0, ">= 0", beta)
-        _check("unknown_index", unknown_index in ("random", "extra") or (_is_int(unknown_index)
-               and unknown_index >= 0), "'random', 'extra' or an integer >= 0", unknown_index)
+        n_e, e_dim = check_int("n_e", n_e, minimum=1), check_int("e_dim", e_dim, minimum=1)
+        beta = check_real("beta", beta, minimum=0.0)
+        if not (unknown_index in ("random", "extra") or (type(unknown_index) is int and unknown_index >= 0)):
+            raise ValueError(f"unknown_index must be 'random', 'extra' or an integer >= 0, got {unknown_index!r}")
         for name, flag in [("sane_index_shape", sane_index_shape), ("legacy", legacy),
                            ("use_bbnr", use_bbnr), ("use_arc_loss", use_arc_loss),
                            ("arc_gather_negatives", arc_gather_negatives),
                            ("check_finite", check_finite)]:
-            _check(name, isinstance(flag, bool), "True or False", flag)
-        _check("bbnr_alpha", bbnr_alpha >= 0 and math.isfinite(bbnr_alpha), "finite and >= 0", bbnr_alpha)
-        _check("arc_gamma", arc_gamma >= 0 and math.isfinite(arc_gamma), "finite and >= 0", arc_gamma)
-        _check("arc_gamma_decay", arc_gamma_decay >= 0, ">= 0", arc_gamma_decay)
-        try:
-            validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size)
-        except ValueError as err:
-            raise ValueError(f"arc_{err}") from None
+            check_bool(name, flag)
+        check_real("bbnr_alpha", bbnr_alpha, minimum=0.0)
+        check_real("arc_gamma", arc_gamma, minimum=0.0)
+        check_real("arc_gamma_decay", arc_gamma_decay, minimum=0.0)
+        validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size, prefix="arc_")
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
                          sane_index_shape=sane_index_shape, legacy=legacy)
         with torch.no_grad():  # eq. 4: random draw (upstream's uniform), then onto the unit sphere
             self.embedding.weight.copy_(normalize_rows(self.embedding.weight))
         self.use_bbnr, self.use_arc_loss = use_bbnr, use_arc_loss
         self.bbnr_alpha = float(bbnr_alpha)
-        self.arc_s, self.arc_m, self.arc_top_k = float(arc_s), float(arc_m), arc_top_k
+        self.arc_s, self.arc_m, self.arc_top_k = float(arc_s), float(arc_m), int(arc_top_k)
         self.arc_gamma, self.arc_gamma_decay = float(arc_gamma), float(arc_gamma_decay)
         self.arc_chunk_size = arc_chunk_size
         self.arc_gather_negatives = arc_gather_negatives

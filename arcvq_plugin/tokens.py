@@ -16,7 +16,9 @@ Files: ``<name>.npy`` holds the grids, shape (N, h, w), in the smallest unsigned
 that holds the codebook (uint8 up to 256 codes, uint16 up to 65536, else int64); the JSON sidecar
 ``<name>.json`` records ``codebook_size`` (K: indices are in [0, K)), ``shape``, ``dtype``,
 ``format`` and where the tokens came from. Existing files are never overwritten unless
-``force=True``.
+``force=True``; outputs are written atomically (a failure leaves no partial file), and images are
+checked against the tokenizer (channels, a size it can take, finite pixels), token files against
+their codebook, before anything is encoded, decoded or written.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from arcvq_plugin.atomic_outputs import AtomicOutputs, StagedFolder, check_output_path
+from arcvq_plugin.inference import check_images
 
 __all__ = [
     "TOKEN_FORMAT", "codebook_size", "decode_indices", "decode_to_folder", "encode_dataset",
@@ -61,8 +66,7 @@ def codebook_size(tokenizer: nn.Module) -> int:
 def encode_indices(tokenizer: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Code indices (B, h, w) int64 of ``images`` (B, C, H, W) in [-1, 1]."""
     tokenizer = tokenizer_of(tokenizer)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    check_images(tokenizer, images)
     latent = tokenizer.quant_conv(tokenizer.encoder(images))
     _, _, (_, _, indices) = tokenizer.quantize(latent)
     return indices.reshape(latent.shape[0], latent.shape[2], latent.shape[3]).long()
@@ -127,30 +131,32 @@ def sidecar_path(npy_path: str | Path) -> Path:
     return Path(npy_path).with_suffix(".json")
 
 
-def _refuse_overwrite(paths: Iterable[Path], force: bool) -> None:
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"refusing to overwrite {existing}; pass force=True (--force) to replace")
+def _check_grids(grids: np.ndarray, codebook_size: int, what: str) -> None:
+    if grids.ndim != 3 or not np.issubdtype(grids.dtype, np.integer):
+        raise ValueError(f"{what} must be an integer array (N, h, w), got {grids.dtype} {grids.shape}")
+    if grids.size and (grids.min() < 0 or grids.max() >= codebook_size):
+        raise ValueError(f"{what} must hold indices in [0, {codebook_size}) (the codebook size), got "
+                         f"[{grids.min()}, {grids.max()}]")
 
 
 def save_token_grids(path: str | Path, grids: np.ndarray, codebook_size: int,
                      source: Optional[Mapping[str, Any]] = None, force: bool = False) -> Path:
-    """Write ``grids`` (N, h, w) to ``path`` (.npy) and the JSON sidecar; returns the sidecar path."""
+    """Write ``grids`` (N, h, w) to ``path`` (.npy) and the JSON sidecar, both or neither (atomic);
+    returns the sidecar path. OutputError when either exists and ``force`` is False."""
     path = Path(path)
     if path.suffix != ".npy":
         raise ValueError(f"path must end in .npy, got {str(path)!r}")
     grids = np.asarray(grids)
-    if grids.ndim != 3 or not np.issubdtype(grids.dtype, np.integer):
-        raise ValueError(f"grids must be an integer array (N, h, w), got {grids.dtype} {grids.shape}")
-    if grids.size and (grids.min() < 0 or grids.max() >= codebook_size):
-        raise ValueError(f"grids must hold indices in [0, {codebook_size}), got [{grids.min()}, {grids.max()}]")
+    _check_grids(grids, codebook_size, "grids")
     sidecar = sidecar_path(path)
-    _refuse_overwrite((path, sidecar), force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, grids)
     meta = {"format": TOKEN_FORMAT, "codebook_size": int(codebook_size), "shape": list(grids.shape),
             "dtype": str(grids.dtype), "source": dict(source or {})}
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    with AtomicOutputs({"npy": path, "json": sidecar}, force=force) as files:
+        with open(files.temp["npy"], "wb") as handle:
+            np.save(handle, grids)
+        files.temp["json"].write_text(json.dumps(meta, indent=2) + "\n")
+        files.publish()
     return sidecar
 
 
@@ -160,32 +166,44 @@ def load_token_grids(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     sidecar = sidecar_path(path)
     if not sidecar.exists():
         raise FileNotFoundError(f"{sidecar} (the codebook-size sidecar of {path}) is missing")
-    meta = json.loads(sidecar.read_text())
-    if meta.get("format") != TOKEN_FORMAT:
-        raise ValueError(f"{sidecar} is not a {TOKEN_FORMAT} sidecar (format={meta.get('format')!r})")
-    grids = np.load(path)
+    try:
+        meta = json.loads(sidecar.read_text())
+    except ValueError as err:
+        raise ValueError(f"{sidecar} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != TOKEN_FORMAT:
+        raise ValueError(f"{sidecar} is not a {TOKEN_FORMAT} sidecar")
+    try:
+        grids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"cannot read {path}: not a readable .npy file (truncated or corrupt?): {err}") from err
     if list(grids.shape) != meta["shape"]:
         raise ValueError(f"{path} has shape {grids.shape}, its sidecar says {meta['shape']}")
+    _check_grids(grids, int(meta["codebook_size"]), str(path))
     return grids, meta
 
 
 def decode_to_folder(tokenizer: nn.Module, grids: np.ndarray, out_dir: str | Path, *, batch_size: int = 32,
                      force: bool = False) -> list[Path]:
-    """Decode grids (N, h, w) to ``out_dir/000000.png ...`` (RGB uint8); returns the written paths."""
+    """Decode grids (N, h, w) to ``out_dir/000000.png ...`` (RGB uint8); returns the written paths.
+
+    Every index is checked against the tokenizer's codebook first; the images appear in
+    ``out_dir`` only once all are written (:class:`arcvq_plugin.atomic_outputs.StagedFolder`).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out_dir = Path(out_dir)
-    targets = [out_dir / f"{i:06d}.png" for i in range(len(grids))]
-    _refuse_overwrite(targets, force)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    grids = np.asarray(grids)
     tokenizer = tokenizer_of(tokenizer).eval()
-    for start in range(0, len(grids), batch_size):
-        batch = torch.from_numpy(np.asarray(grids[start:start + batch_size]).astype(np.int64))
-        images = decode_indices(tokenizer, batch)
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        for offset, image in enumerate(pixels):
-            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(targets[start + offset])
-    return targets
+    _check_grids(grids, codebook_size(tokenizer), "token grids")
+    with StagedFolder(out_dir, [f"{i:06d}.png" for i in range(len(grids))], force=force,
+                      what="--out folder") as staged:
+        for start in range(0, len(grids), batch_size):
+            batch = torch.from_numpy(grids[start:start + batch_size].astype(np.int64))
+            images = decode_indices(tokenizer, batch)
+            pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for offset, image in enumerate(pixels):
+                Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+                    staged.path(f"{start + offset:06d}.png"), format="PNG")
+        return staged.publish()
 
 
 def _dataset_from_config(config_paths: Sequence[str], split: str, dotlist: Sequence[str]) -> Dataset:
@@ -230,18 +248,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``arcvq-tokens export|decode ...`` (see ``--help``); errors exit with their message."""
     args = _parser().parse_args(argv)
     try:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+        if args.command == "export" and args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
         return _run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:  # ValueError includes OutputError, CheckpointReadError
         raise SystemExit(f"arcvq-tokens: {err}") from err
+    except OSError as err:
+        raise SystemExit(f"arcvq-tokens: writing the output failed ({err}); nothing was written") from err
 
 
 def _run(args: argparse.Namespace) -> int:
     from arcvq_plugin.ldm.checkpoints import load_for_inference
 
+    inputs = {"--ckpt": args.ckpt, **{f"--config {p}": p for p in args.config}}
     if args.command == "export":
         if Path(args.out).suffix != ".npy":
             raise ValueError(f"--out must end in .npy, got {args.out!r}")
-        _refuse_overwrite((Path(args.out), sidecar_path(args.out)), args.force)
+        for path in (Path(args.out), sidecar_path(args.out)):
+            check_output_path(path, "--out", force=args.force, inputs=inputs)
         tokenizer = tokenizer_of(load_for_inference(args.config, args.ckpt, args.overrides, device=args.device))
         dataset = _dataset_from_config(args.config, args.split, args.overrides)
         grids = encode_dataset(tokenizer, dataset, batch_size=args.batch_size, image_key=args.image_key,
@@ -252,7 +278,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out} {grids.shape} {grids.dtype} and {sidecar} (codebook_size {codebook_size(tokenizer)})")
         return 0
     grids, meta = load_token_grids(args.tokens)
-    _refuse_overwrite((Path(args.out) / f"{i:06d}.png" for i in range(len(grids))), args.force)
+    check_output_path(args.out, "--out folder", force=args.force, folder=True,
+                      names=[f"{i:06d}.png" for i in range(len(grids))], inputs={**inputs, "--tokens": args.tokens})
     tokenizer = tokenizer_of(load_for_inference(args.config, args.ckpt, args.overrides, device=args.device))
     if meta["codebook_size"] != codebook_size(tokenizer):
         raise ValueError(f"{args.tokens} holds indices of a {meta['codebook_size']}-code codebook, "

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.norm_bound import register_norm_bound_hook
+from arcvq_plugin.norm_bound_callback import register_norm_bound_hook
 
 from .measure import Comparison, interleaved, timed
 

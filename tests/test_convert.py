@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from arcvq_plugin.atomic_outputs import OutputError
 from arcvq_plugin.compat import install_lightning_shims
 from arcvq_plugin.config import instantiate_from_config
 from arcvq_plugin.convert import ConversionError, convert_checkpoint, detect_layout
@@ -230,7 +231,7 @@ def test_never_overwrites_without_force_and_writes_atomically(tmp_path, sources,
     src = save(tmp_path / "in.ckpt", sources["vq-f8-n256"])
     out = tmp_path / "out.ckpt"
     out.write_bytes(b"user's file")
-    with pytest.raises(ConversionError, match="--force"):
+    with pytest.raises(OutputError, match="--force"):
         convert_checkpoint(src, out, log=lambda _: None)
     assert out.read_bytes() == b"user's file" and not (tmp_path / "out.yaml").exists()
     with pytest.raises(ConversionError, match="input checkpoint"):
@@ -362,3 +363,40 @@ def test_cli(tmp_path, sources, capsys):
     assert "--force" in capsys.readouterr().err
     assert cli_main([src, str(tmp_path / "o2.ckpt"), "--bbnr-alpha", "-1"]) == 2
     assert "bbnr_alpha" in capsys.readouterr().err
+
+
+# ---- bad input and failing writes ------------------------------------------------------------
+def test_cli_refuses_bad_numbers_an_empty_image_folder_and_a_read_only_folder(tmp_path, sources, capsys, read_only):
+    src = save(tmp_path / "in.ckpt", sources["vq-f8-n256"])
+    assert cli_main([src, str(tmp_path / "a.ckpt"), "--arc-gamma-decay", "inf"]) == 2
+    assert "arc_gamma_decay must be finite and >= 0, got inf" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli_main([src, str(tmp_path / "a.ckpt"), "--images", str(tmp_path / "empty"), "--image-size", "32"]) == 2
+    assert f"no images (.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff) in '{tmp_path / 'empty'}'" in capsys.readouterr().err
+    Image.new("L", (40, 40)).save(tmp_path / "empty" / "grey.png")  # read as RGB, but 30 px is no multiple of f8
+    assert cli_main([src, str(tmp_path / "a.ckpt"), "--images", str(tmp_path / "empty"), "--image-size", "30"]) == 2
+    assert "image_size must be a multiple of the downsampling factor 8, got 30" in capsys.readouterr().err
+    (tmp_path / "empty" / "grey.png").unlink()
+    locked = read_only(tmp_path / "locked")
+    assert cli_main([src, str(locked / "a.ckpt")]) == 2
+    assert f"cannot write into '{locked}' (read-only or not a folder)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "in.ckpt", "locked"] and not any(locked.iterdir())
+
+
+def test_a_full_disk_leaves_no_partial_file_and_the_old_output_intact(tmp_path, sources, capsys, monkeypatch):
+    import errno
+
+    src = save(tmp_path / "in.ckpt", sources["vq-f8-n256"])
+    out = tmp_path / "out.ckpt"
+    out.write_bytes(b"user's file")
+    real_save = torch.save
+
+    def save_then_fail(obj, path, *args, **kwargs):
+        real_save({"half": torch.zeros(3)}, path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(converter_module.torch, "save", save_then_fail)
+    assert cli_main([src, str(out), "--force", "--skip-near-duplicates"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == b"user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ckpt", "out.ckpt"]

@@ -34,8 +34,9 @@ def test_folders_cli_writes_json_and_refuses_overwrite(tmp_path, capsys):
     assert result["psnr"] == pytest.approx(direct["psnr"]) and result["ssim"] == pytest.approx(direct["ssim"])
     assert result["n_images"] == 4 and result["image_shape"] == [3, 16, 16]  # read as RGB like the reference
     assert "| row |" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        eval_main(args + NO_PERCEPTUAL)  # the JSON exists: refused without --force
+    before = out.read_bytes()
+    assert eval_main(args + NO_PERCEPTUAL) == 2  # the JSON exists: refused without --force
+    assert out.read_bytes() == before and "--force" in capsys.readouterr().err
     assert eval_main(args + NO_PERCEPTUAL + ["--force"]) == 0
 
 
@@ -43,7 +44,7 @@ def test_folders_roundtrip_and_name_mismatch(tmp_path):
     real, _ = _write_pair(tmp_path)
     loaded = load_image_folder(tmp_path / "real")
     assert torch.allclose(loaded, torch.round(real * 255) / 255, atol=1e-6)
-    with pytest.raises(ValueError, match="already exist"):
+    with pytest.raises(ValueError, match="not overwriting"):
         save_image_folder(real, tmp_path / "real")
     (tmp_path / "fake" / "000000.png").rename(tmp_path / "fake" / "other.png")
     with pytest.raises(ValueError, match="names differ"):

@@ -192,10 +192,10 @@ def test_export_tokens_cli_writes_grids_and_decodes_them(runs):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["codebook_size"] == 32 and meta["shape"] == [3, 8, 8]
     assert np.load(out).shape == (3, 8, 8)
-    with pytest.raises(SystemExit, match="refusing to overwrite"):
+    with pytest.raises(SystemExit, match="not overwriting"):
         tokens_main(["export", *common, "--out", str(out)])
     decoded = runs["tmp"] / "decoded"
     assert tokens_main(["decode", *common, "--tokens", str(out), "--out", str(decoded)]) == 0
     assert sorted(p.name for p in decoded.glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
-    with pytest.raises(SystemExit, match="refusing to overwrite"):
+    with pytest.raises(SystemExit, match="not overwriting"):
         tokens_main(["decode", *common, "--tokens", str(out), "--out", str(decoded)])

@@ -80,12 +80,18 @@ def test_margin_beyond_pi_uses_monotone_penalty():
     torch.testing.assert_close(phi[wrap], c[wrap].clamp(min=-1 + 1e-6) - m * math.sin(m))
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    ({"s": 0.0}, "s"), ({"m": -0.1}, "m"), ({"m": math.pi}, "m"), ({"top_k": 0}, "top_k"),
-    ({"chunk_size": 0}, "chunk_size"), ({"top_k": 99}, "top_k"),
+@pytest.mark.parametrize("kwargs,message", [
+    ({"s": 0.0}, r"s must be a finite number > 0"), ({"s": math.inf}, r"s must be a finite number > 0"),
+    ({"m": -0.1}, r"m must be a number in \[0, pi\)"), ({"m": math.pi}, r"m must be a number in \[0, pi\)"),
+    ({"m": math.nan}, r"m must be a number in \[0, pi\)"),
+    ({"top_k": 0}, r"top_k must be an integer >= 1"), ({"top_k": 2.5}, r"top_k must be an integer >= 1"),
+    ({"top_k": True}, r"top_k must be an integer >= 1"),
+    ({"chunk_size": 0}, r"chunk_size must be None or an integer >= 1"),
+    ({"chunk_size": True}, r"chunk_size must be None or an integer >= 1"),
+    ({"top_k": 99}, r"top_k must be <= the number of latents N=10"),
 ])
-def test_bad_arguments_name_the_parameter(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_bad_arguments_name_the_parameter_and_its_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         arc_margin_loss(torch.randn(10, 4), torch.randn(5, 4), **kwargs)
 
 

@@ -187,17 +187,43 @@ def test_no_warning_when_clock_advances():
             q.after_optimizer_step()
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    ({"n_e": 0}, "n_e"), ({"e_dim": 2.5}, "e_dim"), ({"beta": -1}, "beta"),
-    ({"arc_top_k": 0}, "arc_top_k"), ({"arc_s": -1.0}, "arc_s"), ({"arc_m": 3.2}, "arc_m"),
-    ({"bbnr_alpha": -1e-4}, "bbnr_alpha"), ({"arc_gamma": -1.0}, "arc_gamma"),
-    ({"arc_gamma_decay": -1.0}, "arc_gamma_decay"), ({"arc_chunk_size": 0}, "arc_chunk_size"),
-    ({"unknown_index": "nope"}, "unknown_index"), ({"legacy": "yes"}, "legacy"),
+INF, NAN = float("inf"), float("nan")
+NUMBER_GE0 = r"must be a finite number >= 0"
+INTEGER_GE1 = r"must be an integer >= 1"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"n_e": 0}, "n_e " + INTEGER_GE1), ({"n_e": True}, "n_e " + INTEGER_GE1),
+    ({"n_e": "1024"}, "n_e " + INTEGER_GE1), ({"e_dim": 2.5}, "e_dim " + INTEGER_GE1),
+    ({"beta": -1}, "beta " + NUMBER_GE0), ({"beta": INF}, "beta " + NUMBER_GE0),
+    ({"beta": "0.25"}, "beta " + NUMBER_GE0),
+    ({"arc_top_k": 0}, "arc_top_k " + INTEGER_GE1), ({"arc_top_k": 2.5}, "arc_top_k " + INTEGER_GE1),
+    ({"arc_top_k": True}, "arc_top_k " + INTEGER_GE1),
+    ({"arc_s": -1.0}, r"arc_s must be a finite number > 0"), ({"arc_s": INF}, r"arc_s must be a finite number > 0"),
+    ({"arc_s": NAN}, r"arc_s must be a finite number > 0"),
+    ({"arc_m": 3.2}, r"arc_m must be a number in \[0, pi\)"), ({"arc_m": -INF}, r"arc_m must be a number in \[0, pi\)"),
+    ({"bbnr_alpha": -1e-4}, "bbnr_alpha " + NUMBER_GE0), ({"bbnr_alpha": INF}, "bbnr_alpha " + NUMBER_GE0),
+    ({"arc_gamma": -1.0}, "arc_gamma " + NUMBER_GE0), ({"arc_gamma": NAN}, "arc_gamma " + NUMBER_GE0),
+    ({"arc_gamma_decay": -1.0}, "arc_gamma_decay " + NUMBER_GE0),
+    ({"arc_gamma_decay": INF}, "arc_gamma_decay " + NUMBER_GE0),
+    ({"arc_chunk_size": 0}, r"arc_chunk_size must be None or an integer >= 1"),
+    ({"arc_chunk_size": True}, r"arc_chunk_size must be None or an integer >= 1"),
+    ({"arc_chunk_size": 64.0}, r"arc_chunk_size must be None or an integer >= 1"),
+    ({"unknown_index": "nope"}, r"unknown_index must be 'random', 'extra' or an integer >= 0"),
+    ({"legacy": "yes"}, r"legacy must be True or False"), ({"use_bbnr": 1}, r"use_bbnr must be True or False"),
+    ({"arc_gather_negatives": None}, r"arc_gather_negatives must be True or False"),
 ])
-def test_construction_errors_name_the_argument(kwargs, name):
+def test_construction_errors_name_the_argument_and_its_range(kwargs, message):
     args = {"n_e": 8, "e_dim": 4, **kwargs}
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=message):
         ArcQuantizer(**args)
+
+
+def test_infinite_decay_would_train_on_nan():
+    """Why arc_gamma_decay=inf is refused: lambda(0) = gamma * exp(-inf * 0) is NaN."""
+    from arcvq_plugin.schedules import arc_weight
+
+    assert torch.isnan(arc_weight(1.0, INF, torch.zeros((), dtype=torch.long)))
 
 
 def test_forward_errors():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from arcvq_plugin.atomic_outputs import OutputError
 from arcvq_plugin.tokens import (TOKEN_FORMAT, codebook_size, decode_indices, decode_to_folder, encode_indices,
                                  load_token_grids, save_token_grids, tokenizer_of)
 
@@ -36,7 +37,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_save_refuses_overwrite_and_bad_grids(tmp_path):
     grids = np.zeros((1, 2, 2), np.uint8)
     save_token_grids(tmp_path / "t.npy", grids, 4)
-    with pytest.raises(FileExistsError, match="force"):
+    with pytest.raises(OutputError, match="--force"):
         save_token_grids(tmp_path / "t.npy", grids, 4)
     save_token_grids(tmp_path / "t.npy", grids + 1, 4, force=True)
     assert np.load(tmp_path / "t.npy").max() == 1
@@ -64,7 +65,7 @@ def test_encode_decode_shapes_and_dtype(tokenizer, tmp_path):
         decode_indices(tokenizer, torch.full((1, 8, 8), 300))
     paths = decode_to_folder(tokenizer, ids.numpy().astype(np.uint16), tmp_path / "out", batch_size=2)
     assert [p.name for p in paths] == ["000000.png", "000001.png", "000002.png"]
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputError, match="not overwriting"):
         decode_to_folder(tokenizer, ids.numpy(), tmp_path / "out")
 
 

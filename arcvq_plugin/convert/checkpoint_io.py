@@ -5,22 +5,22 @@ Lightning releases (they pickle callback classes, ``argparse.Namespace`` hyper-p
 ``load_checkpoint`` tries ``weights_only=True`` first and falls back to ``weights_only=False``
 only when the caller says the file is trusted (``--trust-checkpoint``), reporting that it did.
 
-Writing: ``AtomicOutputs`` hands out temporary paths in the destination folders; nothing appears
-under the final names until ``publish()`` moves each file in place with ``os.replace`` (atomic on
-one file system). An exception or Ctrl-C before that removes the temporary files and leaves every
-existing file untouched.
+Writing: :class:`arcvq_plugin.atomic_outputs.AtomicOutputs` (re-exported here) hands out
+temporary paths in the destination folders; nothing appears under the final names until
+``publish()`` moves each file in place with ``os.replace`` (atomic on one file system). An
+exception or Ctrl-C before that removes the temporary files and leaves every existing file untouched.
 """
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Mapping
 
 import torch
+
+from ..atomic_outputs import AtomicOutputs
 
 __all__ = ["ConversionError", "LoadedCheckpoint", "load_checkpoint", "AtomicOutputs"]
 
@@ -121,64 +121,3 @@ def _split(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         odd = sorted(k for k in state_dict if k not in tensors)[:5]
         raise ConversionError(f"{str(path)!r}: state dict entries that are not tensors: {odd}")
     return dict(tensors), dict(top_level)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-class AtomicOutputs:
-    """Temporary files beside their destinations, moved in place together on ``publish()``.
-
-    Usage::
-
-        with AtomicOutputs({"ckpt": out, "yaml": out_yaml}, force=False) as files:
-            torch.save(obj, files.temp["ckpt"]); ...
-            files.publish()
-
-    Args:
-        destinations: name -> final path.
-        force: allow replacing existing destination files (default False: ConversionError if
-            any exists, checked up front and again just before publishing).
-    """
-
-    def __init__(self, destinations: Mapping[str, str | os.PathLike], *, force: bool = False) -> None:
-        self.destinations = {name: Path(p) for name, p in destinations.items()}
-        self.force = force
-        self.temp: dict[str, Path] = {}
-        self._check_destinations()
-
-    def _check_destinations(self) -> None:
-        for path in self.destinations.values():
-            if path.exists() and not self.force:
-                raise ConversionError(f"{str(path)!r} exists; not overwriting it (pass --force to replace it)")
-            if path.exists() and not path.is_file():
-                raise ConversionError(f"{str(path)!r} exists and is not a file; not replacing it")
-            if not path.parent.is_dir():
-                raise ConversionError(f"output folder {str(path.parent)!r} does not exist")
-
-    def __enter__(self) -> "AtomicOutputs":
-        for name, path in self.destinations.items():
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-            os.close(fd)
-            os.chmod(temp, 0o666 & ~_umask())  # mkstemp creates 0600; published files get the usual mode
-            self.temp[name] = Path(temp)
-        return self
-
-    def publish(self) -> None:
-        """fsync every temporary file, then ``os.replace`` each onto its destination."""
-        self._check_destinations()
-        for temp in self.temp.values():
-            with open(temp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        for name, temp in self.temp.items():
-            os.replace(temp, self.destinations[name])
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for temp in self.temp.values():
-            if temp.exists():
-                temp.unlink()

@@ -1,7 +1,8 @@
 """``arcvq-convert IN OUT [options]``: command-line front end of :func:`convert_checkpoint`.
 
 Exit status: 0 converted and verified; 2 bad options or an input / output that cannot be
-converted (the message says why; nothing is written); 130 interrupted (nothing is written).
+converted (the message says why; nothing is written); 1 a write failed (a full disk, an I/O
+error: nothing is written); 130 interrupted (nothing is written).
 """
 from __future__ import annotations
 
@@ -78,9 +79,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             first_stage_only=args.first_stage_only, images=args.images, image_size=args.image_size,
             max_images=args.max_images, near_duplicate_cosine=None if args.skip_near_duplicates else args.near_duplicate_cosine, force=args.force,
             trust_checkpoint=args.trust_checkpoint)
-    except ValueError as err:  # includes ConversionError
+    except ValueError as err:  # includes ConversionError, OutputError
         print(f"arcvq-convert: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"arcvq-convert: error: writing the outputs failed ({err}); nothing was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("arcvq-convert: interrupted; nothing was written", file=sys.stderr)
         return 130

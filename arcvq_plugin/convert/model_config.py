@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..config import instantiate_from_config
+from ..inference import CheckpointMismatch, build_inference_model
 from .checkpoint_io import ConversionError
 from .layout import VQLayout
 
@@ -76,7 +76,8 @@ def vq_model_node(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_vq_model(node: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *, arcvq: bool = True) -> torch.nn.Module:
-    """Instantiate ``node`` without its loss (torch.nn.Identity) and ckpt_path, load ``state_dict``, eval mode.
+    """Instantiate ``node`` without its loss (torch.nn.Identity) and ckpt_path, load ``state_dict``, eval mode
+    (:func:`arcvq_plugin.inference.build_inference_model`, strict).
 
     Args:
         node: a ``vq_model_node`` result.
@@ -85,20 +86,14 @@ def build_vq_model(node: Mapping[str, Any], state_dict: Mapping[str, torch.Tenso
             ``quantize.clock`` entry is then ignored too).
 
     Raises:
-        ConversionError: keys the model lacks or expects (other than the loss's).
+        ConversionError: keys the model lacks or expects (other than the loss's), or shapes that differ.
     """
     node = copy.deepcopy(dict(node))
-    params = dict(node["params"])
-    params.pop("ckpt_path", None)
-    params["lossconfig"] = {"target": "torch.nn.Identity"}
+    node["params"] = dict(node["params"])
     if not arcvq:
-        params.pop("quantizer_config", None)
-    model = instantiate_from_config({"target": node["target"], "params": params})
-    wanted = {k: v for k, v in state_dict.items() if not k.startswith("loss.") and (arcvq or k != "quantize.clock")}
-    missing, unexpected = model.load_state_dict(wanted, strict=False)
-    if missing or unexpected:
-        raise ConversionError(
-            f"{node['target']} built from the detected layout does not match the checkpoint: missing "
-            f"{sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
-        )
-    return model.eval()
+        node["params"].pop("quantizer_config", None)
+    wanted = {k: v for k, v in state_dict.items() if arcvq or k != "quantize.clock"}
+    try:
+        return build_inference_model(node, wanted, strict=True, source="the checkpoint's VQ model")
+    except CheckpointMismatch as err:
+        raise ConversionError(f"{err} (model built from the detected layout)") from err

@@ -6,6 +6,10 @@
 Prints PSNR | SSIM | LPIPS | rFID (and codebook usage %, perplexity, dead codes for a model) as a
 Markdown table and writes the full result as JSON. LPIPS and rFID are reported unavailable, with
 the command that builds offline weights, when their weights are not cached.
+
+Outputs are checked before any work (an existing file without ``--force``, a folder that cannot be
+written, an output inside an input folder) and written atomically. Exit status: 0 done, 2 bad
+input (the message says which and why; nothing is written), 1 a write failed (nothing is written).
 """
 from __future__ import annotations
 
@@ -14,13 +18,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
+from arcvq_plugin.atomic_outputs import AtomicOutputs, check_output_path
 from arcvq_plugin.checkpoint_loading import load_checkpoint
 from arcvq_plugin.evaluation.codebook import codebook_metrics
 from arcvq_plugin.evaluation.folders import evaluate_folders, save_image_folder
 from arcvq_plugin.evaluation.model_eval import (
     build_config,
+    data_folders,
     find_codebook_size,
     load_model,
     reconstruct,
@@ -86,8 +92,14 @@ def _metric_kwargs(args: argparse.Namespace) -> dict:
 
 def _evaluate_model(args: argparse.Namespace) -> dict:
     checkpoint, _ = load_checkpoint(args.ckpt)
-    config = build_config(args.base, checkpoint, args.overrides, keep_loss=args.keep_loss)
-    model = load_model(config, checkpoint)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{args.ckpt} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    config = build_config(args.base, checkpoint, args.overrides)
+    inputs = {"--ckpt": args.ckpt, **{f"data folder {p}": p for p in data_folders(config)}}
+    check_output_path(args.json, "--json", force=args.force, inputs=inputs)
+    if args.save_images is not None:
+        check_output_path(args.save_images, "--save-images", folder=True, inputs=inputs)
+    model = load_model(config, checkpoint, keep_loss=args.keep_loss, source=f"checkpoint {args.ckpt}")
     device = default_device(args.device)
     real, fake, indices = reconstruct(
         model, split_loader(config, args.split), device=device, max_images=args.max_images, value_range=tuple(args.value_range)
@@ -116,25 +128,34 @@ def _json_safe(value):
     return value
 
 
+def _write_json(path: Path, result: dict, force: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with AtomicOutputs({"json": path}, force=force) as files:
+        files.temp["json"].write_text(json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n")
+        files.publish()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (``arcvq-eval``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.json.exists() and not args.force:
-        parser.error(f"{args.json} exists; pass --force to overwrite it or choose another --json")
     try:
         if args.mode == "folders":
+            check_output_path(args.json, "--json", force=args.force, inputs={"REAL": args.real, "FAKE": args.fake})
             result = evaluate_folders(args.real, args.fake, **_metric_kwargs(args))
             default_name = args.fake.name
         else:
+            check_output_path(args.json, "--json", force=args.force, inputs={"--ckpt": args.ckpt})
             result = _evaluate_model(args)
             default_name = args.ckpt.stem
-    except ValueError as err:
+        print(format_table({args.name or default_name: result}))
+        _write_json(args.json, result, args.force)
+    except ValueError as err:  # includes OutputError, CheckpointReadError, CheckpointMismatch
         print(f"arcvq-eval: error: {err}", file=sys.stderr)
         return 2
-    print(format_table({args.name or default_name: result}))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n")
+    except OSError as err:
+        print(f"arcvq-eval: error: writing the results failed ({err}); nothing was written", file=sys.stderr)
+        return 1
     print(f"wrote {args.json}")
     return 0
 

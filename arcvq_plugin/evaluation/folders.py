@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from arcvq_plugin.atomic_outputs import StagedFolder
 from arcvq_plugin.evaluation.reconstruction import reconstruction_metrics
 
 __all__ = ["IMAGE_SUFFIXES", "list_images", "load_image_folder", "save_image_folder", "evaluate_folders"]
@@ -45,20 +46,17 @@ def load_image_folder(folder: os.PathLike, names: Optional[Sequence[str]] = None
 def save_image_folder(images: torch.Tensor, folder: os.PathLike, *, prefix: str = "", overwrite: bool = False) -> list[Path]:
     """Write (N, C, H, W) images in [0, 1] (C in {1, 3}) as 8-bit PNGs ``{prefix}{i:06d}.png``.
 
-    Refuses (ValueError) to replace an existing file unless ``overwrite``.
+    Refuses (OutputError, a ValueError) to replace an existing file unless ``overwrite``; the files
+    appear in ``folder`` only once all are written.
     """
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, C in {{1, 3}}, H, W), got {tuple(images.shape)}")
-    folder = Path(folder)
-    paths = [folder / f"{prefix}{index:06d}.png" for index in range(images.shape[0])]
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{len(existing)} files already exist in {folder} (e.g. {existing[0].name}); pass overwrite=True / --force")
-    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{prefix}{index:06d}.png" for index in range(images.shape[0])]
     pixels = torch.round(images.detach().float().clamp(0.0, 1.0) * 255.0).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    for path, array in zip(paths, pixels):
-        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
-    return paths
+    with StagedFolder(folder, names, force=overwrite, what="image folder") as staged:
+        for name, array in zip(names, pixels):
+            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(staged.path(name), format="PNG")
+        return staged.publish()
 
 
 def evaluate_folders(real_folder: os.PathLike, fake_folder: os.PathLike, **metric_kwargs) -> dict:

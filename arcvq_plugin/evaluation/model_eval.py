@@ -7,11 +7,13 @@ same config's ``data:`` node (a LightningDataModule such as
 ``encode(x) -> (z_q, loss, info)`` with ``decode(z_q) -> x_rec`` (taming ``VQModel``,
 ``arcvq_plugin.vqvae.VQVAE``) or ``forward(x) -> (x_rec, loss, info)``; ``info[2]`` holds the code
 indices. Batches are taming examples (``{"image": (B, H, W, C)}``, read with the model's
-``get_input`` when it has one) with pixels in ``value_range`` (default [-1, 1]).
+``get_input`` when it has one) with pixels in ``value_range`` (default [-1, 1]); each batch is
+checked against the model first (channels, a size it can take, finite pixels).
 """
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -19,18 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
+from arcvq_plugin.inference import build_inference_model, check_images
 
-__all__ = ["SPLIT_LOADERS", "build_config", "load_model", "split_loader", "reconstruct", "find_codebook_size"]
+__all__ = ["SPLIT_LOADERS", "build_config", "data_folders", "find_codebook_size", "load_model", "reconstruct",
+           "split_loader"]
 
 SPLIT_LOADERS = {"train": "train_dataloader", "validation": "val_dataloader", "test": "test_dataloader"}
-EVAL_LOSS_TARGET = "torch.nn.Identity"  # stands in for lossconfig: evaluation needs no LPIPS/discriminator
 
 
-def build_config(config_paths: Sequence[str], checkpoint: Mapping, dotlist: Iterable[str] = (), keep_loss: bool = False) -> DictConfig:
-    """Merge ``config_paths`` (or the checkpoint's embedded ``"config"`` when none) and ``dotlist``.
-
-    Unless ``keep_loss``, a ``model.params.lossconfig`` is replaced by ``torch.nn.Identity``.
-    """
+def build_config(config_paths: Sequence[str], checkpoint: Mapping, dotlist: Iterable[str] = ()) -> DictConfig:
+    """Merge ``config_paths`` (or the checkpoint's embedded ``"config"`` when none) and ``dotlist``."""
     if config_paths:
         config = load_configs(config_paths, dotlist)
     elif isinstance(checkpoint.get("config"), Mapping):
@@ -39,23 +39,37 @@ def build_config(config_paths: Sequence[str], checkpoint: Mapping, dotlist: Iter
         raise ValueError("no config: pass --base CONFIG.yaml (the checkpoint carries no 'config' entry)")
     if "model" not in config:
         raise ValueError("the config has no 'model' node (target/params)")
-    if not keep_loss and "lossconfig" in (config.model.get("params") or {}):
-        config.model.params.lossconfig = {"target": EVAL_LOSS_TARGET}
     return config
 
 
-def load_model(config: DictConfig, checkpoint: Mapping) -> nn.Module:
-    """Instantiate ``config.model`` and load the checkpoint's weights (``loss.*`` keys may differ)."""
-    model = instantiate_from_config(config.model)
+def load_model(config: DictConfig, checkpoint: Mapping, *, keep_loss: bool = False,
+               source: str = "the checkpoint") -> nn.Module:
+    """``config.model`` with the checkpoint's weights (its ``"state_dict"``, or the dict itself),
+    eval mode; the loss is ``nn.Identity`` unless ``keep_loss`` (see
+    :func:`arcvq_plugin.inference.build_inference_model`: ``loss.*`` keys may differ, no other)."""
     state_dict = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state_dict, Mapping):
-        raise ValueError("checkpoint holds no state dict")
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("loss.")]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith("loss.")]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval()
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{source} holds no state dict of tensors")
+    return build_inference_model(config.model, state_dict, strict=True, keep_loss=keep_loss, source=source)
+
+
+def data_folders(config: DictConfig) -> list[str]:
+    """Every existing folder named by a string anywhere under ``config.data`` (the data it reads)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str) and node and os.path.isdir(node):
+            found.append(node)
+
+    if "data" in config:
+        walk(OmegaConf.to_container(config.data, resolve=True))
+    return found
 
 
 def split_loader(config: DictConfig, split: str) -> Iterable:
@@ -127,8 +141,9 @@ def reconstruct(
     real, fake, codes = [], [], []
     count = 0
     with torch.no_grad():
-        for batch in loader:
+        for index, batch in enumerate(loader):
             x = _model_input(model, batch).to(device)
+            check_images(model, x, f"images of batch {index}")
             if max_images is not None:
                 x = x[: max_images - count]
             x_rec, indices = _reconstruct_batch(model, x)

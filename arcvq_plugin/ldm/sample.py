@@ -5,7 +5,8 @@
 
 Writes ``<out>/grid.png`` (one row per class, for class-conditional models) and
 ``<out>/images/<index>_class<label>.png`` (every sample, the folder FID tools read). Existing
-outputs are never overwritten without ``--force``.
+outputs are never overwritten without ``--force``, and the files appear only once all are written
+(nothing half-written after an error or a full disk).
 
 Guidance (ldm's convention): eps = eps(uncond) + scale * (eps(cond) - eps(uncond)); scale 1 is
 plain conditional sampling (no unconditional pass); scale != 1 needs a model trained with an
@@ -23,6 +24,9 @@ import torch
 import torchvision
 from PIL import Image
 
+from arcvq_plugin.atomic_outputs import OutputError, StagedFolder, check_output_path
+from arcvq_plugin.validation import check_real
+
 from .checkpoints import load_for_inference
 
 __all__ = ["main", "sample_images", "save_samples"]
@@ -39,8 +43,8 @@ def sample_images(model: torch.nn.Module, *, class_labels: Optional[Sequence[int
             runs ldm's DDIM sampler on the model's device).
         class_labels: one class id per sample for a class-conditional model (N = their count);
             must be None for an unconditional model, which draws ``num_samples``.
-        steps: DDIM steps in [1, model.num_timesteps]. eta: DDIM noise, >= 0 (0 deterministic).
-        scale: classifier-free guidance scale (> 0; 1 = no guidance).
+        steps: DDIM steps in [1, model.num_timesteps]. eta: DDIM noise, finite and >= 0 (0 deterministic).
+        scale: classifier-free guidance scale, finite and > 0 (1 = no guidance).
         batch_size: samples per DDIM run (>= 1).
         quantize_denoised: snap each step's x0 prediction to the codebook (ldm's ``quantize_x0``).
         seed: seeds torch's generator before sampling.
@@ -53,10 +57,8 @@ def sample_images(model: torch.nn.Module, *, class_labels: Optional[Sequence[int
     conditional = getattr(model, "cond_stage_key", None) == "class_label" and model.cond_stage_model is not None
     if not 1 <= steps <= model.num_timesteps:
         raise ValueError(f"steps must be in [1, {model.num_timesteps}], got {steps}")
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+    check_real("eta", eta, minimum=0.0)
+    check_real("scale", scale, minimum=0.0, exclusive=True)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if conditional:
@@ -102,36 +104,32 @@ def save_samples(images: torch.Tensor, out_dir: str | Path, *, labels: Optional[
                  nrow: int = 8, force: bool = False) -> tuple[Path, list[Path]]:
     """Write ``out_dir/grid.png`` (``nrow`` images per row) and ``out_dir/images/*.png``.
 
-    ``images``: (N, C, H, W) in [0, 1]. Returns (grid path, image paths). FileExistsError when
-    any output exists and ``force`` is False.
+    ``images``: (N, C, H, W) in [0, 1]. Returns (grid path, image paths). OutputError when any
+    output exists and ``force`` is False; the files appear only once all are written.
     """
     if nrow < 1:
         raise ValueError(f"nrow must be >= 1, got {nrow}")
     out_dir = Path(out_dir)
-    names = [f"{i:06d}" + (f"_class{int(labels[i])}" if labels is not None else "") + ".png"
+    names = ["images/" + f"{i:06d}" + (f"_class{int(labels[i])}" if labels is not None else "") + ".png"
              for i in range(len(images))]
-    grid_path, image_dir = out_dir / "grid.png", out_dir / "images"
-    existing = [str(p) for p in (grid_path, *(image_dir / n for n in names)) if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"refusing to overwrite {existing[:3]}{' ...' if len(existing) > 3 else ''}; "
-                              "pass --force to replace")
-    image_dir.mkdir(parents=True, exist_ok=True)
     pixels = (images * 255).round().to(torch.uint8)
-    grid = torchvision.utils.make_grid(pixels, nrow=nrow, padding=2)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(grid_path)
-    paths = []
-    for name, image in zip(names, pixels.permute(0, 2, 3, 1).numpy()):
-        path = image_dir / name
-        Image.fromarray(np.ascontiguousarray(image.squeeze(-1) if image.shape[-1] == 1 else image)).save(path)
-        paths.append(path)
+    with StagedFolder(out_dir, ["grid.png", *names], force=force, what="--out") as staged:
+        grid = torchvision.utils.make_grid(pixels, nrow=nrow, padding=2)
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(staged.path("grid.png"), format="PNG")
+        for name, image in zip(names, pixels.permute(0, 2, 3, 1).numpy()):
+            Image.fromarray(np.ascontiguousarray(image.squeeze(-1) if image.shape[-1] == 1 else image)).save(
+                staged.path(name), format="PNG")
+        grid_path, *paths = staged.publish()
     return grid_path, paths
 
 
 def _refuse_existing_outputs(out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
+    check_output_path(out_dir, "--out", folder=True)
     taken = (out_dir / "grid.png").exists() or any((out_dir / "images").glob("*.png"))
     if taken:
-        raise FileExistsError(f"{out_dir} already holds samples (grid.png or images/*.png); pass --force to replace")
+        raise OutputError(f"--out {str(out_dir)!r} already holds samples (grid.png or images/*.png); not "
+                          "overwriting them (pass --force to replace)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,7 +159,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.n_per_class < 1:
             raise ValueError(f"--n_per_class must be >= 1, got {args.n_per_class}")
-        if not args.force:
+        for name in ("steps", "batch_size", "num_samples"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        if args.force:
+            check_output_path(args.out, "--out", folder=True)
+        else:
             _refuse_existing_outputs(args.out)
         model = load_for_inference(args.config, args.ckpt, args.overrides, device=args.device)
         labels = None
@@ -176,7 +179,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                quantize_denoised=args.quantize_denoised, seed=args.seed)
         nrow = args.n_per_class if labels is not None else max(1, int(len(images) ** 0.5))
         grid, paths = save_samples(images, args.out, labels=labels, nrow=nrow, force=args.force)
-    except (FileExistsError, ValueError) as err:
+    except ValueError as err:  # includes OutputError, CheckpointReadError, CheckpointMismatch
         raise SystemExit(f"arcvq-sample-ldm: {err}") from err
+    except OSError as err:
+        raise SystemExit(f"arcvq-sample-ldm: writing the samples failed ({err}); nothing was written") from err
     print(f"wrote {grid} and {len(paths)} images to {Path(args.out) / 'images'}")
     return 0

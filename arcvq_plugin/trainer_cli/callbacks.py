@@ -29,6 +29,12 @@ __all__ = ["SetupCallback", "CheckpointOnSignal"]
 class SetupCallback(pl.Callback):
     """Create the run directory and save the config snapshot (rank 0, at fit start).
 
+    The project snapshot starts with a comment saying which perceptual-loss (LPIPS) weights the
+    model was built with (genuine, substitute with the path of the record that lists it,
+    unrecognised, or none), also printed to the log; every checkpoint carries the same under
+    ``"arcvq_perceptual_weights"`` (``{module name: provenance}``), so a result made with
+    substitute weights never looks like a genuine one.
+
     Args:
         now: timestamp used in the snapshot file names.
         logdir, ckptdir, cfgdir: the run directory and its checkpoints/ and configs/ folders.
@@ -46,18 +52,40 @@ class SetupCallback(pl.Callback):
         self.config = config
         self.lightning_config = lightning_config
 
+    @staticmethod
+    def perceptual_weights(pl_module: pl.LightningModule) -> dict[str, dict]:
+        """``{module name: weights_provenance}`` of every perceptual loss in ``pl_module`` (an
+        :class:`arcvq_plugin.taming.perceptual.OfflineLPIPS` carries one); empty when none."""
+        return {name: dict(module.weights_provenance) for name, module in pl_module.named_modules()
+                if isinstance(getattr(module, "weights_provenance", None), dict)}
+
+    def _weights_header(self, pl_module: pl.LightningModule) -> str:
+        from arcvq_plugin.taming.perceptual import describe_provenance
+
+        weights = self.perceptual_weights(pl_module)
+        lines = [f"{name}: {describe_provenance(p)}" for name, p in weights.items()] or [
+            "none: this model builds no LPIPS (no perceptual loss, or perceptual_weight: 0)"]
+        return "".join(f"# {line}\n" for line in ["Perceptual loss (LPIPS) weights of this run:", *lines])
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
         for folder in (self.logdir, self.ckptdir, self.cfgdir):
             os.makedirs(folder, exist_ok=True)
+        header = self._weights_header(pl_module)
+        print(header, end="")
         print("Project config")
         print(OmegaConf.to_yaml(self.config))
-        OmegaConf.save(self.config, os.path.join(self.cfgdir, f"{self.now}-project.yaml"))
+        with open(os.path.join(self.cfgdir, f"{self.now}-project.yaml"), "w") as snapshot:
+            snapshot.write(header + OmegaConf.to_yaml(self.config))
         print("Lightning config")
         print(OmegaConf.to_yaml(self.lightning_config))
         OmegaConf.save(OmegaConf.create({"lightning": self.lightning_config}),
                        os.path.join(self.cfgdir, f"{self.now}-lightning.yaml"))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint["arcvq_perceptual_weights"] = self.perceptual_weights(pl_module)
 
 
 class CheckpointOnSignal(pl.Callback):

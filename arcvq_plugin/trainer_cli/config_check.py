@@ -7,6 +7,9 @@ spelling:
 - ``model``/``data``/callbacks/logger nodes without ``target``;
 - any ``target`` (at any depth) that does not import;
 - ``params`` keys that the target's ``__init__`` does not accept (unless it takes ``**kwargs``);
+- ``params`` values of the wrong type where ``__init__`` annotates a plain type (``int``, ``float``,
+  ``bool``, ``str``, optionally ``Optional``): ``n_embed: "1024"`` or ``arc_top_k: 2.5`` are
+  errors here, before anything is built (the classes check the ranges themselves);
 - ``lightning.trainer`` keys that pytorch-lightning 2.x's ``Trainer`` does not accept, with the
   replacement of the 1.x names taming/LDM configs used.
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Iterable, Mapping
+import types
+import typing
+from typing import Any, Iterable, Mapping, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -112,6 +117,43 @@ def _check_params(path: str, target: str, cls: Any, params: Mapping) -> None:
         if key not in accepted:
             raise ConfigError(f"unknown config key {path}.{key}: {target} takes no parameter {key!r}"
                               f"{_suggest(str(key), accepted)}; it takes {', '.join(accepted)}")
+    _check_param_types(path, target, cls, params)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def _plain_types(hint: Any) -> Optional[tuple[type, ...]]:
+    """The plain types a hint allows (``Optional[int]`` -> (int, NoneType)), or None when it is not
+    made of int / float / bool / str / None only (then the value is not checked here)."""
+    if hint in _TYPE_NAMES:
+        return (hint,)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        allowed = tuple(typing.get_args(hint))
+        return allowed if all(a in _TYPE_NAMES for a in allowed) else None
+    return None
+
+
+def _fits(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int):
+        return int in allowed or float in allowed
+    return any(isinstance(value, t) for t in allowed)
+
+
+def _check_param_types(path: str, target: str, cls: Any, params: Mapping) -> None:
+    try:
+        hints = typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check against
+        return
+    values = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+    for key, value in values.items():
+        allowed = _plain_types(hints.get(key))
+        if allowed is not None and not _fits(value, allowed):
+            wanted = " or ".join(_TYPE_NAMES[t] for t in allowed)
+            raise ConfigError(f"{path}.{key}: {target} takes {wanted}, got {value!r} ({type(value).__name__})"
+                              f"{'; remove the quotes' if isinstance(value, str) else ''}")
 
 
 def _walk_targets(path: str, node: Any) -> None:

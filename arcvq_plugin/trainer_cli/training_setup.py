@@ -19,8 +19,7 @@ from typing import Any, MutableMapping, Sequence
 import pytorch_lightning as pl
 
 from arcvq_plugin.gan_training import ManualGANTraining, validate_accumulation
-from arcvq_plugin.norm_bound import quantizers_in
-from arcvq_plugin.norm_bound_callback import NormBoundCallback
+from arcvq_plugin.norm_bound_callback import NormBoundCallback, quantizers_in
 from arcvq_plugin.random_state import RandomStateCheckpoint
 from arcvq_plugin.trainer_cli.callbacks import CheckpointOnSignal
 

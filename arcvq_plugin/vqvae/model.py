@@ -8,7 +8,7 @@ The quantiser comes from ``quantizer_config`` (taming's ``target``/``params``); 
 paper's ablation are configs (configs/vqvae/). Any quantiser with taming's VectorQuantizer2
 interface works: ``forward(z) -> (z_q, loss, (perplexity, min_encodings, indices))``. ArcQuantizer
 adds ArcLoss to that loss in training mode, and its clock / norm bound advance only through
-``arcvq_plugin.NormBoundCallback`` (put it in the Trainer's callbacks).
+``arcvq_plugin.NormBoundCallback``: training refuses to start without it in the Trainer's callbacks.
 
 Batches are taming examples: ``batch[image_key]`` is (B, H, W, C) float in [-1, 1].
 """
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 from arcvq_plugin.quantizer_config import build_quantizer
 from arcvq_plugin.vqvae.networks import Decoder, Encoder
 
@@ -99,6 +100,9 @@ class VQVAE(pl.LightningModule):
         x_rec, q_loss, _ = self(x)
         rec_loss = F.mse_loss(x_rec, x) / self.data_variance
         return {"loss": rec_loss + q_loss, "rec_loss": rec_loss, "quant_loss": q_loss}
+
+    def on_train_start(self) -> None:
+        require_norm_bound_callback(self.trainer, self)
 
     def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)

@@ -34,12 +34,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from arcvq_plugin.atomic_outputs import OutputError, check_output_path
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.vqvae.figures import CodebookSnapshot, save_codebook_figures, save_reconstruction_grid
 from arcvq_plugin.vqvae.model import VQVAE
 from arcvq_plugin.vqvae.report import ROW_LABELS, format_table, mean_metrics
 
-__all__ = ["build_parser", "default_config_dir", "evaluate_model", "main", "row_config", "train_row"]
+__all__ = ["build_parser", "default_config_dir", "evaluate_model", "main", "row_config", "train_row", "validate_args"]
 
 ROWS = tuple(ROW_LABELS)
 DATASETS = ("mnist", "cifar10")
@@ -58,6 +59,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
+    return value
+
+
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill the ``--config-dir`` / ``--out`` defaults and refuse, before any work (``parser.error``,
+    exit 2), a config folder without the row configs, an ``--out`` inside it, or an ``--out``
+    that cannot be written."""
+    args.config_dir = args.config_dir or default_config_dir()
+    args.out = args.out or Path("outputs") / f"vqvae_{args.dataset}"
+    needed = [f"{args.dataset}_{row}.yaml" for row in args.rows] + ["reduced_budget.yaml"]
+    missing = [name for name in needed if not (args.config_dir / name).is_file()]
+    if missing:
+        parser.error(f"--config-dir {args.config_dir} lacks {missing} (it must be the folder holding configs/vqvae/)")
+    try:
+        check_output_path(args.out, "--out", folder=True, inputs={"--config-dir": args.config_dir})
+    except OutputError as err:
+        parser.error(str(err))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arcvq-reproduce",
@@ -66,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="mnist (offline, default) or cifar10 (torchvision download)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="ablation rows (default: all four)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="seeds, one training per seed and row (default: 1)")
+    parser.add_argument("--seeds", nargs="+", type=_seed, default=[1], help="seeds, one training per seed and row (default: 1)")
     parser.add_argument("--epochs", type=_positive_int, default=1, help="training epochs per run (default 1; benchmark 3)")
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="training batch size (default 256)")
     parser.add_argument("--limit-train", type=_positive_int, default=None, help="train on the first N images only")
@@ -140,11 +164,12 @@ def machine_description() -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
     from arcvq_plugin.evaluation import codebook_metrics, reconstruction_metrics
 
-    config_dir = args.config_dir or default_config_dir()
-    out = args.out or Path("outputs") / f"vqvae_{args.dataset}"
+    config_dir, out = args.config_dir, args.out
     if out.exists() and any(out.iterdir()) and not args.force:
         print(f"arcvq-reproduce: {out} is not empty (an earlier run?); pass --force to overwrite "
               "its results or choose another --out", file=sys.stderr)

@@ -1,0 +1,67 @@
+"""Up-front checks of the method's arguments: each error names the argument and what is allowed.
+
+A bool is not accepted where an integer or a number is meant (``True`` would silently read as 1),
+and a number must be finite wherever infinity would poison training (``exp(-inf * 0)`` is NaN)::
+
+    check_int("arc_top_k", 2.5, minimum=1)
+    # ValueError: arc_top_k must be an integer >= 1, got 2.5
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Optional
+
+__all__ = ["check_bool", "check_int", "check_optional_int", "check_real"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is True or False, else ValueError naming ``name``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """``int(value)`` for an integer (not a bool) >= ``minimum``, else ValueError naming ``name``."""
+    if not (_is_int(value) and value >= minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_optional_int(name: str, value: Any, *, minimum: int) -> Optional[int]:
+    """None, or :func:`check_int`."""
+    if value is None:
+        return None
+    if not (_is_int(value) and value >= minimum):
+        raise ValueError(f"{name} must be None or an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: Any, *, minimum: float, exclusive: bool = False,
+               below: Optional[float] = None, below_text: Optional[str] = None) -> float:
+    """``float(value)`` for a finite real number (not a bool) in the range, else ValueError.
+
+    Args:
+        minimum: lower bound; ``exclusive`` makes it strict (``> minimum``).
+        below: optional strict upper bound; ``below_text`` is how the message writes it (e.g. "pi").
+    """
+    low = f"{'>' if exclusive else '>='} {minimum:g}"
+    if below is None:
+        allowed = f"a finite number {low}"
+    else:
+        allowed = f"a number in {'(' if exclusive else '['}{minimum:g}, {below_text or f'{below:g}'})"
+    ok = _is_real(value) and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
+    if ok and below is not None:
+        ok = value < below
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return float(value)
