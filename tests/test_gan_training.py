@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.convert import convert_checkpoint
 from arcvq_plugin.data.sample_images import SampleImagesTrain
 from arcvq_plugin.main import _trainer_kwargs, main
+from upstream_clones import assert_same_training_state
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "taming"
@@ -203,20 +203,6 @@ class JitteredImages(SampleImagesTrain):
         return item
 
 
-class SignalAndStop(pl.Callback):
-    """Sends SIGUSR1 after training batch ``after`` (counted over epochs), then stops the run."""
-
-    def __init__(self, after: int):
-        self.after = after
-        self.seen = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seen += 1
-        if self.seen == self.after:  # CheckpointOnSignal, later in the callback list, saves now
-            os.kill(os.getpid(), signal.SIGUSR1)
-            trainer.should_stop = True
-
-
 def test_mid_epoch_resume_equals_the_straight_run(tmp_path):
     """2 epochs x 3 batches, accumulation 2, dropout 0.1, jittered data, 2 DataLoader workers;
     SIGUSR1 after batch 4 (epoch 1, inside an accumulation window), resume with -r."""
@@ -227,7 +213,7 @@ def test_mid_epoch_resume_equals_the_straight_run(tmp_path):
               "model.params.ddconfig.dropout=0.1", "model.params.lossconfig.params.disc_start=1"]
     main(["--base", TINY["arcvq"], *common, "-n", "straight"])
     main(["--base", TINY["arcvq"], *common, "-n", "preempted", "lightning.modelcheckpoint.params.save_last=false",
-          "lightning.callbacks.stop.target=test_gan_training.SignalAndStop",
+          "lightning.callbacks.stop.target=upstream_clones.SignalAndStop",
           "lightning.callbacks.stop.params.after=4"])
     (preempted_run,) = glob.glob(str(tmp_path / "*_preempted"))
     signal_ckpt = Path(preempted_run) / "checkpoints" / "last.ckpt"
@@ -241,15 +227,8 @@ def test_mid_epoch_resume_equals_the_straight_run(tmp_path):
     straight = torch.load(Path(straight_run) / "checkpoints" / "last.ckpt", weights_only=True)
     # ModelCheckpoint does not overwrite the signal's last.ckpt, which it did not write: last-v1.ckpt
     resumed = torch.load(signal_ckpt.with_name("last-v1.ckpt"), weights_only=True)
-    assert straight["global_step"] == resumed["global_step"] == 8
-    assert int(resumed["state_dict"]["quantize.clock"]) == 4
-    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
-    for key, value in straight["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    for opt_straight, opt_resumed in zip(straight["optimizer_states"], resumed["optimizer_states"]):
-        for state_a, state_b in zip(opt_straight["state"].values(), opt_resumed["state"].values()):
-            for name in state_a:
-                assert torch.equal(torch.as_tensor(state_a[name]), torch.as_tensor(state_b[name])), name
+    assert resumed["global_step"] == 8 and int(resumed["state_dict"]["quantize.clock"]) == 4
+    assert_same_training_state(straight, resumed)
 
 
 # ---- DDP --------------------------------------------------------------------------------------

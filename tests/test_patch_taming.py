@@ -1,172 +1,200 @@
-"""arcvq-patch and the taming-transformers series on an upstream-layout clone.
+"""arcvq-patch and the taming-transformers series on a clone in upstream's real layout.
 
-The clone is assembled from PyPI's taming-transformers-rom1504 (the real upstream tree is not
-installable offline): its files in upstream's layout, the three files the series touches rebuilt
-to upstream's exact bytes (test_patch_fixtures/taming_pypi_to_upstream.diff, checked against the
-sha256 recorded from upstream in patches/taming-transformers/upstream.json), then ``git init``.
-Two names PyPI lacks and upstream imports but the tests never use get stand-ins (see
-``_add_stand_ins``); they are not files the series touches.
+The clone (tests/upstream_clones.py) has upstream's namespace package ``taming/`` while PyPI's
+taming-transformers-rom1504, a regular package, stays installed: a clone's ``python main.py``
+used to import that copy. Through ``arcvq-patch check / apply / revert``, the patched main.py
+trains the tiny ArcVQ config and the tiny baseline on one CPU process and on two (gloo, with the
+strategy the patched main.py picks for ``--gpus 0,1``, discriminator active), ticks the clock once
+per optimizer step, accumulates gradients, resumes a SIGUSR1 checkpoint written mid-epoch exactly,
+and every model class of the touched file trains or is refused with its reason.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-import os
-import shutil
-import subprocess
-import sys
+import ast
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from arcvq_plugin.patching import load_all_series
 from arcvq_plugin.patching.cli import main as arcvq_patch
+from upstream_clones import (assert_same_training_state, build_taming_clone, git, manifest, newest_run,
+                             run_main, run_script, sha256, snapshot, tiny_config)
 
-REPO = Path(__file__).resolve().parents[1]
-SERIES_DIR = REPO / "patches" / "taming-transformers"
-FIXTURE_DIFF = Path(__file__).parent / "test_patch_fixtures" / "taming_pypi_to_upstream.diff"
-MANIFEST = json.loads((SERIES_DIR / "upstream.json").read_text())
+UPSTREAM = "taming-transformers"
+MANIFEST = manifest(UPSTREAM)
 TOUCHED = sorted(MANIFEST["files"])
-
-
-def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(cwd.parent),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True).stdout
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _add_stand_ins(clone: Path) -> None:
-    """Names upstream imports that PyPI's copy lacks, in files the series does not touch.
-
-    upstream taming/data/utils.py imports ``Annotation`` from taming/data/helper_types.py (absent
-    on PyPI; custom_collate only isinstance-checks it) and upstream vqgan.py imports
-    ``EMAVectorQuantizer`` (absent from PyPI's quantize.py; only the EMAVQ class uses it).
-    """
-    (clone / "taming" / "data" / "helper_types.py").write_text(
-        "from typing import NamedTuple\n\n\nclass Annotation(NamedTuple):\n    category_no: int\n")
-    with open(clone / "taming" / "modules" / "vqvae" / "quantize.py", "a") as f:
-        f.write("\n\nclass EMAVectorQuantizer(nn.Module):\n"
-                "    def __init__(self, *args, **kwargs):\n"
-                "        raise NotImplementedError('not shipped by the PyPI copy')\n")
+OWN_MODEL = "taming.models.vqgan.VQModel"
+OUR_MODEL = "arcvq_plugin.taming.VQModel"
+UPSTREAM_DATA = "main.DataModuleFromConfig"
 
 
 @pytest.fixture()
 def taming_clone(tmp_path: Path) -> Path:
-    """A committed git clone in upstream's layout whose touched files are upstream's bytes."""
-    clone = tmp_path / "taming-transformers"
-    pypi = Path(importlib.util.find_spec("taming").origin).parent
-    shutil.copytree(pypi, clone / "taming", ignore=shutil.ignore_patterns("__pycache__"))
-    (clone / "taming" / "main.py").rename(clone / "main.py")
-    subprocess.run(["git", "apply", "--whitespace=nowarn", str(FIXTURE_DIFF)], cwd=clone, check=True,
-                   env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)})
-    for path in TOUCHED:
-        assert _sha(clone / path) == MANIFEST["files"][path]["original_sha256"], path
-    _add_stand_ins(clone)
-    _git(clone, "init", "-q")
-    _git(clone, "add", "-A")
-    _git(clone, "commit", "-qm", "upstream layout")
-    return clone
+    return build_taming_clone(tmp_path)
 
 
-def _snapshot(clone: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(clone)): p.read_bytes() for p in sorted(clone.rglob("*"))
-            if p.is_file() and ".git" not in p.relative_to(clone).parts}
+@pytest.fixture()
+def patched_clone(taming_clone: Path) -> Path:
+    assert arcvq_patch(["apply", str(taming_clone)]) == 0
+    return taming_clone
 
 
-def _tiny_config(tmp: Path, name: str, *, quantizer: bool, own_model: bool, norm_bound_listed: bool) -> Path:
-    """configs/taming/tiny_*.yaml, optionally on the clone's own taming.models.vqgan.VQModel."""
-    config = yaml.safe_load((REPO / "configs" / "taming" / "tiny_arcvq.yaml").read_text())
-    if not quantizer:
-        del config["model"]["params"]["quantizer_config"]
-    if own_model:
-        config["model"]["target"] = "taming.models.vqgan.VQModel"
-    callbacks = config["lightning"]["callbacks"]
-    if not norm_bound_listed:
-        callbacks.pop("norm_bound", None)
-    callbacks.pop("codebook_monitor", None)
-    config["data"]["params"]["train"]["params"]["length"] = 8
-    config["data"]["params"]["validation"]["params"]["length"] = 4
-    config["lightning"]["trainer"].update(max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0,
-                                          enable_progress_bar=False, enable_model_summary=False)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def config(tmp: Path, name: str, **kwargs) -> Path:
+    kwargs.setdefault("model_target", OWN_MODEL)
+    kwargs.setdefault("data_target", UPSTREAM_DATA)
+    return tiny_config(tmp, name, "taming/tiny_arcvq.yaml", **kwargs)
 
 
-def _train(clone: Path, config: Path) -> dict:
-    """Run the clone's patched ``python main.py --base config -t True``; return last.ckpt."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(clone / "torch_home"),
-           "HF_HUB_OFFLINE": "1"}
-    logs = clone / "logs"
-    before = set(logs.iterdir()) if logs.exists() else set()
-    result = subprocess.run([sys.executable, "main.py", "--base", str(config), "-t", "True", "--no-test", "True"],
-                            cwd=clone, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    (run,) = set(logs.iterdir()) - before
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+def last_checkpoint(clone: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(newest_run(clone) / "checkpoints" / name, map_location="cpu", weights_only=True)
 
 
 def test_series_manifest_matches_patches() -> None:
-    (series,) = [s for s in load_all_series() if s.upstream == "taming-transformers"]
+    (series,) = [s for s in load_all_series() if s.upstream == UPSTREAM]
     assert series.commit.startswith("3ba01b2")
     assert list(series.paths) == TOUCHED
     assert [p.name[:4] for p in series.patches] == ["0001", "0002", "0003", "0004", "0005"]
 
 
-def test_apply_train_revert(taming_clone: Path, tmp_path: Path, capsys) -> None:
+def test_the_clone_has_upstreams_layout_and_the_pypi_copy_shadows_it(taming_clone: Path) -> None:
+    """The situation users meet: unpatched, the clone's main.py imports the installed copy."""
+    assert not (taming_clone / "taming" / "__init__.py").exists()
+    script = "import sys; sys.argv = ['main.py', '--help']; exec(open('main.py').read())"
+    env_check = run_script(taming_clone, "import taming, os; print(os.path.dirname(taming.__file__))")
+    assert "site-packages" in env_check  # a regular package wins over the clone's namespace package
+    with pytest.raises(AssertionError, match="cannot import name 'custom_collate'"):
+        run_script(taming_clone, script)
+
+
+def test_apply_train_resume_revert_on_one_process(taming_clone: Path, tmp_path: Path, capsys) -> None:
     clone = taming_clone
-    before = _snapshot(clone)
+    before = snapshot(clone)
     assert arcvq_patch(["check", str(clone)]) == 0
     assert arcvq_patch(["apply", str(clone)]) == 0
     for path in TOUCHED:
-        assert _sha(clone / path) == MANIFEST["files"][path]["patched_sha256"], path
-    changed = {p for p, data in _snapshot(clone).items() if before.get(p) != data}
-    assert changed == set(TOUCHED) | {f".arcvq-patch/taming-transformers/original/{p}" for p in TOUCHED} | {
-        ".arcvq-patch/taming-transformers/record.json"}
+        assert sha256(clone / path) == MANIFEST["files"][path]["patched_sha256"], path
+    changed = {p for p, data in snapshot(clone).items() if before.get(p) != data}
+    assert changed == set(TOUCHED) | {f".arcvq-patch/{UPSTREAM}/original/{p}" for p in TOUCHED} | {
+        f".arcvq-patch/{UPSTREAM}/record.json"}
     capsys.readouterr()
     assert arcvq_patch(["apply", str(clone)]) == 0
     assert "already applied" in capsys.readouterr().out
 
-    batches = 2  # 8 training images, batch size 4
-    arc = _train(clone, _tiny_config(tmp_path, "arc", quantizer=True, own_model=False, norm_bound_listed=True))
-    assert int(arc["state_dict"]["quantize.clock"]) == batches  # one tick per batch, hook registered once
-    assert arc["global_step"] == 2 * batches  # manual optimization: two optimizer steps per batch
-    own = _train(clone, _tiny_config(tmp_path, "own", quantizer=True, own_model=True, norm_bound_listed=False))
-    assert int(own["state_dict"]["quantize.clock"]) == batches  # NormBoundCallback added by main.py
-    assert own["state_dict"]["quantize.embedding.weight"].shape == (32, 8)
-    base = _train(clone, _tiny_config(tmp_path, "base", quantizer=False, own_model=True, norm_bound_listed=False))
-    assert "quantize.clock" not in base["state_dict"]  # upstream VectorQuantizer2
-    assert base["state_dict"]["quantize.embedding.weight"].shape == (32, 8)
-    assert set(own["state_dict"]) == set(base["state_dict"]) | {"quantize.clock"}
+    # the clone's own VQModel (PyPI's has no quantizer_config): ArcVQ, baseline, and our subclass
+    run_main(clone, config(tmp_path, "arc"))
+    arc = last_checkpoint(clone)
+    assert arc["global_step"] == 2 * 2 and int(arc["state_dict"]["quantize.clock"]) == 2  # 8 images, batch 4
+    run_main(clone, config(tmp_path, "base", quantizer=False))
+    base = last_checkpoint(clone)
+    assert "quantize.clock" not in base["state_dict"]
+    assert set(arc["state_dict"]) == set(base["state_dict"]) | {"quantize.clock"}
+    run_main(clone, config(tmp_path, "ours", model_target=OUR_MODEL))
+    assert int(last_checkpoint(clone)["state_dict"]["quantize.clock"]) == 2
+
+    # preemption: 2 epochs x 3 batches, accumulation 2, SIGUSR1 after batch 4 (mid-epoch, mid-window)
+    resume = dict(train_length=12, model__params__lossconfig__params__disc_start=1)
+    common = ["--max_epochs", "2", "--accumulate_grad_batches", "2"]
+    run_main(clone, config(tmp_path, "straight", **resume), *common)
+    straight = last_checkpoint(clone)
+    assert straight["global_step"] == 2 * 4 and int(straight["state_dict"]["quantize.clock"]) == 4
+    preempted = config(tmp_path, "preempted", **resume,
+                       lightning__callbacks__stop={"target": "upstream_clones.SignalAndStop", "params": {"after": 4}},
+                       lightning__modelcheckpoint={"params": {"save_last": False}})
+    run_main(clone, preempted, *common)
+    signal_checkpoint = newest_run(clone) / "checkpoints" / "last.ckpt"
+    assert "arcvq_accumulated_gradients" in torch.load(signal_checkpoint, weights_only=True)
+    run_main(clone, config(tmp_path, "resume_settings", **resume, lightning__modelcheckpoint={"params": {"save_last": True}},
+                           lightning__callbacks__stop={"params": {"after": 1000}}),
+             "-r", str(signal_checkpoint), *common)
+    resumed = torch.load(signal_checkpoint.with_name("last-v1.ckpt"), weights_only=True)
+    assert_same_training_state(straight, resumed)
 
     assert arcvq_patch(["revert", str(clone)]) == 0
-    after = _snapshot(clone)
-    assert {p: d for p, d in after.items() if not p.startswith("logs/")} == before
-    assert _git(clone, "status", "--porcelain", "--untracked-files=no") == ""
+    assert snapshot(clone) == before
+    assert git(clone, "status", "--porcelain", "--untracked-files=no") == ""
     assert arcvq_patch(["revert", str(clone)]) == 0  # nothing left to revert
+
+
+def test_two_processes_with_the_strategy_main_py_picks_for_two_gpus(patched_clone: Path, tmp_path: Path) -> None:
+    clone = patched_clone
+    picked = run_script(clone, "import main; from omegaconf import OmegaConf; print(main.trainer_kwargs_from_config("
+                               "OmegaConf.create({'gpus': '0,1', 'distributed_backend': 'ddp'})))")
+    kwargs = ast.literal_eval(picked.strip().splitlines()[-1])  # printed by the clone's main.py
+    assert kwargs == {"accelerator": "gpu", "devices": "0,1", "strategy": "ddp_find_unused_parameters_true"}
+    ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", kwargs["strategy"]]
+    active = dict(train_length=16, model__params__lossconfig__params__disc_start=0)  # 2 batches per rank
+    run_main(clone, config(tmp_path, "ddp_arc", **active), *ddp)
+    arc = last_checkpoint(clone)
+    assert arc["global_step"] == 2 * 2 and int(arc["state_dict"]["quantize.clock"]) == 2
+    assert len(arc["arcvq_random_states"]) == 2
+    run_main(clone, config(tmp_path, "ddp_base", quantizer=False, **active), *ddp)
+    assert last_checkpoint(clone)["global_step"] == 2 * 2
+
+
+MODEL_CLASSES = r"""
+import pytorch_lightning as pl, torch
+from torch.utils.data import DataLoader
+import main  # binds taming to this clone
+from taming.models import vqgan
+
+dd = dict(double_z=False, z_channels=8, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
+          num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+gan = dict(target="arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator",
+           params=dict(disc_start=0, disc_num_layers=1, disc_ndf=8, perceptual_weight=0.0))
+images = [{"image": torch.rand(16, 16, 3) * 2 - 1} for _ in range(4)]
+labels = [{"segmentation": torch.nn.functional.one_hot(torch.randint(0, 5, (16, 16)), 5).float()} for _ in range(4)]
+temperature = dict(target="taming.lr_scheduler.LambdaWarmUpCosineScheduler",
+                   params=dict(warm_up_steps=1, max_decay_steps=10, lr_min=0.5, lr_max=1.0, lr_start=1.0))
+cases = [
+    ("VQModel", lambda: vqgan.VQModel(dd, gan, 16, 4), images),
+    ("VQSegmentationModel", lambda: vqgan.VQSegmentationModel(
+        5, dict(dd, in_channels=5, out_ch=5), dict(target="taming.modules.losses.segmentation.BCELossWithQuant"),
+        16, 4, image_key="segmentation"), labels),
+    ("GumbelVQ", lambda: vqgan.GumbelVQ(dd, gan, 16, 8, temperature), images),  # embed_dim = z_channels
+    ("VQNoDiscModel", lambda: vqgan.VQNoDiscModel(dd, gan, 16, 4), images),
+    ("EMAVQ", lambda: vqgan.EMAVQ(dd, gan, 16, 4), images),
+]
+for name, build, data in cases:
+    try:
+        model = build()
+    except NotImplementedError as refusal:
+        print("REFUSED", name, "|", refusal)
+        continue
+    model.learning_rate = 1e-3
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
+    moved = sum(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    print("TRAINED", name, trainer.global_step, moved > 0)
+"""
+
+
+def test_every_model_class_trains_a_step_or_is_refused_with_its_reason(patched_clone: Path) -> None:
+    lines = [line for line in run_script(patched_clone, MODEL_CLASSES).splitlines()
+             if line.startswith(("TRAINED", "REFUSED"))]
+    assert lines[:3] == ["TRAINED VQModel 4 True",  # 2 batches x 2 optimizers
+                         "TRAINED VQSegmentationModel 2 True",  # one optimizer, automatic optimisation
+                         "TRAINED GumbelVQ 4 True"]
+    assert lines[3].startswith("REFUSED VQNoDiscModel | VQNoDiscModel does not train at this taming commit")
+    assert "pl.TrainResult" in lines[3]
+    assert lines[4].startswith("REFUSED EMAVQ | EMAVQ cannot be built at this taming commit")
+    assert len(lines) == 5
 
 
 def test_refuses_dirty_tree(taming_clone: Path, capsys) -> None:
     clone = taming_clone
     util = clone / "taming" / "util.py"
     util.write_text(util.read_text() + "# local edit\n")
-    before = _snapshot(clone)
+    before = snapshot(clone)
     assert arcvq_patch(["check", str(clone)]) == 1
     assert arcvq_patch(["apply", str(clone)]) == 1
     assert "uncommitted changes in taming/util.py" in capsys.readouterr().err
-    assert _snapshot(clone) == before
+    assert snapshot(clone) == before
     assert arcvq_patch(["apply", str(clone), "--force"]) == 0
     assert arcvq_patch(["revert", str(clone)]) == 0
-    assert _snapshot(clone) == before
+    assert snapshot(clone) == before
 
 
 def test_refuses_unknown_commit_and_force_reverts_byte_exact(taming_clone: Path, capsys) -> None:
@@ -174,19 +202,19 @@ def test_refuses_unknown_commit_and_force_reverts_byte_exact(taming_clone: Path,
     main = clone / "main.py"
     main.write_text(main.read_text().replace('        help="postfix for logdir",',
                                              '        help="postfix for the log folder",'))
-    _git(clone, "commit", "-qam", "local change")
-    before = _snapshot(clone)
+    git(clone, "commit", "-qam", "local change")
+    before = snapshot(clone)
     assert arcvq_patch(["apply", str(clone)]) == 1
     err = capsys.readouterr().err
     assert "unknown commit" in err and "main.py" in err and "--force" in err
-    assert _snapshot(clone) == before
+    assert snapshot(clone) == before
     assert arcvq_patch(["apply", str(clone), "--force"]) == 0
     assert "postfix for the log folder" in main.read_text()
     main.write_text(main.read_text() + "# edited after patching\n")
     assert arcvq_patch(["revert", str(clone)]) == 1  # would discard the edit
     assert "changed since" in capsys.readouterr().err
     assert arcvq_patch(["revert", str(clone), "--force"]) == 0
-    assert _snapshot(clone) == before
+    assert snapshot(clone) == before
 
 
 def test_partially_applicable_series_changes_nothing(taming_clone: Path, capsys) -> None:
@@ -194,12 +222,12 @@ def test_partially_applicable_series_changes_nothing(taming_clone: Path, capsys)
     vqgan = clone / "taming" / "models" / "vqgan.py"
     vqgan.write_text(vqgan.read_text().replace("        rec_loss = log_dict_ae[\"val/rec_loss\"]\n",
                                                "        rec_loss = log_dict_ae[\"val/rec_loss\"]  # mine\n", 1))
-    _git(clone, "commit", "-qam", "conflicting change")
-    before = _snapshot(clone)
+    git(clone, "commit", "-qam", "conflicting change")
+    before = snapshot(clone)
     assert arcvq_patch(["apply", str(clone), "--force"]) == 1
     err = capsys.readouterr().err
     assert "0003-" in err and "does not apply" in err and "nothing was changed" in err
-    assert _snapshot(clone) == before  # 0001 and 0002 applied in staging only
+    assert snapshot(clone) == before  # 0001 and 0002 applied in staging only
     assert not (clone / ".arcvq-patch").exists()
 
 

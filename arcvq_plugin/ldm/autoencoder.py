@@ -125,3 +125,8 @@ class VQModelInterface(VQModel, _LdmVQModelInterface):
     ``predict_cids`` path) forwards the flag only to ``isinstance(.., ldm VQModelInterface)``
     first stages, which this is. Train the tokenizer as :class:`VQModel` and give its
     checkpoint to this class (same keys): ``encode`` here returns h, so it does not train."""
+
+    def on_train_start(self) -> None:
+        raise NotImplementedError("VQModelInterface is LatentDiffusion's frozen first stage (its encode "
+                                  "returns the latent before quantisation): train VQModel and load its "
+                                  "checkpoint into VQModelInterface")
