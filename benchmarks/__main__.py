@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from . import arc_loss_memory, quantizers, train_step
-from .document import read_report, write_atomic, write_section
+from .document import check_writable, write_atomic, write_section
 from .measure import machine_description, resolve_device
 from .plans import DEVICES, Plan, plan_for
 from .report import DeviceRun, render_section
@@ -51,7 +51,7 @@ def check_arguments(quick: bool, output: Path, threads: Optional[int], device: s
         raise ValueError(f"threads must be >= 1, got {threads}")
     plan = plan_for(device, quick)
     resolve_device(device)
-    read_report(output)  # refuses a file that is not a report
+    check_writable(output, device)  # a file that is not a report, or one that would lose a section
     return plan
 
 

@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 from .plans import DEVICES, plan_for
 from .report import DEVICE_TITLES, NOT_MEASURED_MARK, not_measured_section
 
-__all__ = ["MEASURE_COMMANDS", "TITLE", "compose", "copy_section", "parse_sections", "read_report", "write_atomic", "write_section"]
+__all__ = ["MEASURE_COMMANDS", "TITLE", "check_writable", "compose", "copy_section", "parse_sections", "read_report", "write_atomic", "write_section"]
 
 TITLE = "# ArcVQ benchmarks"
 MEASURE_COMMANDS = {
@@ -113,7 +113,10 @@ def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file (mkstemp makes it private)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -133,18 +136,26 @@ def read_report(path: Path) -> Optional[str]:
     return text
 
 
-def write_section(path: Path, device: str, body: str) -> str:
-    """Put ``body`` as ``device``'s section of the report at ``path`` (created if missing), keeping
-    the other devices' sections; returns the whole new text."""
+def check_writable(path: Path, device: str) -> dict[str, str]:
+    """The sections of the report at ``path`` (none if it does not exist yet), after checking that
+    ``device``'s section may be written there without losing anything: a ValueError otherwise."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     text = read_report(path)
-    sections = parse_sections(text) if text is not None else {}
-    legacy = text is not None and not any(_START.format(device=d) in text for d in DEVICES)
+    if text is None:
+        return {}
+    legacy = not any(_START.format(device=d) in text for d in DEVICES)
     if legacy and device != "cpu":
         raise ValueError(f"{path} has no device sections (written before they existed, from a CPU run): "
                          f"writing the {device} section would drop its CPU figures. Rerun "
                          "`python -m benchmarks --device cpu` on it first, or pass another --output")
+    return parse_sections(text)
+
+
+def write_section(path: Path, device: str, body: str) -> str:
+    """Put ``body`` as ``device``'s section of the report at ``path`` (created if missing), keeping
+    the other devices' sections; returns the whole new text."""
+    sections = check_writable(path, device)
     sections[device] = body
     new_text = compose(sections)
     write_atomic(path, new_text)
