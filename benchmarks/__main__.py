@@ -17,9 +17,9 @@ from typing import Optional
 import torch
 
 from . import arc_loss_memory, quantizers, train_step
-from .document import check_writable, write_atomic, write_section
+from .document import DEVICES, check_writable, write_atomic, write_section
 from .measure import machine_description, resolve_device
-from .plans import DEVICES, Plan, plan_for
+from .plans import Plan, plan_for
 from .report import DeviceRun, render_section
 
 ROOT = Path(__file__).resolve().parent.parent

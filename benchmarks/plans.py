@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .arc_loss_memory import ArcLossCase
+from .document import DEVICES
 from .quantizers import DTYPES, QuantizerCase
 from .train_step import F8_ARMS, F16_ARMS, NO_LPIPS, SMALL_OVERRIDES, TrainStepCase
 
-__all__ = ["DEVICES", "Plan", "plan_for"]
-
-DEVICES = ("cpu", "cuda")
+__all__ = ["Plan", "plan_for"]
 
 
 @dataclass(frozen=True)

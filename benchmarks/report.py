@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from .arc_loss_memory import ArcLossResult
+from .document import DEVICE_TITLES, NOT_MEASURED_MARK
 from .measure import Comparison
 from .plans import Plan
 from .quantizers import ARMS as QUANTIZER_ARMS
@@ -14,10 +15,7 @@ from .targets import (MEMORY_RATIO_LIMIT, MEMORY_TARGET, MET, THROUGHPUT_MIN, TI
                       TargetCheck, check_targets, fraction)
 from .train_step import TrainStepResult
 
-__all__ = ["DEVICE_TITLES", "DeviceRun", "NOT_MEASURED_MARK", "not_measured_section", "render_section"]
-
-DEVICE_TITLES = {"cpu": "CPU", "cuda": "CUDA GPU"}
-NOT_MEASURED_MARK = "**Not measured yet.**"
+__all__ = ["DeviceRun", "not_measured_section", "render_section"]
 
 
 @dataclass
