@@ -106,7 +106,8 @@ def _label(r: QuantizerResult) -> str:
 def _throughput(r: QuantizerResult) -> Figure:
     s = r.seconds
     if not (s.has(ARC) and s.has(VQ_COSINE)):
-        return _label(r), f"{ARC if not s.has(ARC) else VQ_COSINE} did not run", None
+        arm = ARC if not s.has(ARC) else VQ_COSINE
+        return _label(r), f"{arm}: {s.failures.get(arm, 'not run')}", None
     ratio = s.ratio(VQ_COSINE, ARC)
     return _label(r), f"{ratio:.2f}", ratio >= THROUGHPUT_MIN
 

@@ -6,14 +6,15 @@
 #              (the MNIST ablation at the paper's budget)
 # within one overall time limit (--timeout, default 570 s: a lent GPU machine runs one command for
 # at most 600 s). Section 1 runs first, capped at --section1-timeout (default 240 s); section 2
-# gets the rest, less 10 s to pack the results. A section that fails or times out is recorded in
+# gets the rest, less 10 s to pack the results (capped at --section2-timeout, if given). A section that fails or times out is recorded in
 # status.txt and the script goes on; it exits 1 if any section did not finish cleanly.
 #
 #   bash scripts/gpu_benchmarks.sh --fetch-wheels
 #       On a machine with PyPI: download into .whl/ (git-ignored) the packages the GPU machine's
 #       image lacks, as Python 3.12 / manylinux x86_64 wheels (about 21 MB).
 #   bash scripts/gpu_benchmarks.sh [--device cuda|cpu] [--quick] [--out DIR] [--sections 1,2]
-#                                  [--timeout S] [--section1-timeout S] [--rows "vq cosine bbnr arcvq"] [--seeds "1"]
+#                                  [--timeout S] [--section1-timeout S] [--section2-timeout S]
+#                                  [--rows "vq cosine bbnr arcvq"] [--seeds "1"]
 #       Run. --out defaults to $OUT when set (the device tool's folder), else outputs/gpu_benchmarks.
 #       --quick: toy sizes and a reduced reproduction (seconds to minutes; what CI runs on the CPU).
 #       Packages missing from $PYTHON (default python3) are installed from .whl/ into a temporary
@@ -140,11 +141,16 @@ for name in ("pytorch-lightning", "torchvision", "numpy", "omegaconf", "taming-t
 EOF
 }
 
+time_left() {  # time_left CAP: seconds a section may run, at most CAP, leaving PACK_SECONDS of --timeout
+  local left=$(( TIMEOUT - SECONDS - PACK_SECONDS ))
+  echo $(( $1 < left ? $1 : left ))
+}
+
 run_section() {  # run_section NAME LIMIT LOG COMMAND...
   local name="$1" limit="$2" log="$3" start=$SECONDS rc
   shift 3
-  if [ "$limit" -lt 5 ]; then
-    echo "$name rc=skipped seconds=0 limit=$limit (not run: under 5 s left)" >>"$OUTDIR/status.txt"
+  if [ "$limit" -lt 1 ]; then
+    echo "$name rc=skipped seconds=0 limit=$limit (not run: no time left)" >>"$OUTDIR/status.txt"
     FAILED=1
     return
   fi
@@ -159,6 +165,7 @@ run_section() {  # run_section NAME LIMIT LOG COMMAND...
 
 # ---- arguments ----------------------------------------------------------------------------
 DEVICE=cuda QUICK=0 OUTDIR="${OUT:-$ROOT/outputs/gpu_benchmarks}" SECTIONS=1,2 TIMEOUT=570 SECTION1_TIMEOUT=240
+SECTION2_TIMEOUT=$TIMEOUT
 ROWS="vq cosine bbnr arcvq" SEEDS=1 APPLY="" DOCS="$ROOT/docs"
 value() { [ "$1" -ge 2 ] || die "$2 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
@@ -166,7 +173,8 @@ while [ $# -gt 0 ]; do
     --fetch-wheels) fetch_wheels; exit $?;;
     --quick) QUICK=1; shift; continue;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
-    --apply|--docs|--device|--out|--sections|--timeout|--section1-timeout|--rows|--seeds) value $# "$1";;
+    --apply|--docs|--device|--out|--sections|--timeout|--section1-timeout|--section2-timeout|--rows|--seeds)
+      value $# "$1";;
     *) die "unknown argument '$1' (see --help)";;
   esac
   case "$1" in
@@ -177,6 +185,7 @@ while [ $# -gt 0 ]; do
     --sections) SECTIONS="$2";;
     --timeout) TIMEOUT="$2";;
     --section1-timeout) SECTION1_TIMEOUT="$2";;
+    --section2-timeout) SECTION2_TIMEOUT="$2";;
     --rows) ROWS="$2";;
     --seeds) SEEDS="$2";;
   esac
@@ -188,9 +197,10 @@ if [ -n "$APPLY" ]; then
 fi
 case "$DEVICE" in cpu|cuda) ;; *) die "--device must be cpu or cuda, got '$DEVICE'";; esac
 case "$SECTIONS" in 1|2|1,2|2,1) ;; *) die "--sections must be 1, 2 or 1,2, got '$SECTIONS'";; esac
-[[ "$TIMEOUT" =~ ^[0-9]+$ ]] && [ "$TIMEOUT" -ge 20 ] || die "--timeout must be an integer >= 20 (seconds), got '$TIMEOUT'"
-[[ "$SECTION1_TIMEOUT" =~ ^[0-9]+$ ]] && [ "$SECTION1_TIMEOUT" -ge 5 ] \
-  || die "--section1-timeout must be an integer >= 5 (seconds), got '$SECTION1_TIMEOUT'"
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] && [ "$TIMEOUT" -ge 30 ] || die "--timeout must be an integer >= 30 (seconds), got '$TIMEOUT'"
+for cap in "--section1-timeout=$SECTION1_TIMEOUT" "--section2-timeout=$SECTION2_TIMEOUT"; do
+  [[ "${cap#*=}" =~ ^[0-9]+$ ]] && [ "${cap#*=}" -ge 1 ] || die "${cap%%=*} must be an integer >= 1 (seconds), got '${cap#*=}'"
+done
 [[ "$SEEDS" =~ ^[0-9]+( [0-9]+)*$ ]] || die "--seeds must be integers separated by spaces, got '$SEEDS'"
 [[ "$ROWS" =~ ^[a-z_]+( [a-z_]+)*$ ]] || die "--rows must be row names separated by spaces, got '$ROWS'"
 if [ -e "$OUTDIR" ] && [ -n "$(ls -A "$OUTDIR" 2>/dev/null)" ]; then
@@ -220,12 +230,11 @@ fi
 
 if [[ ",$SECTIONS," == *,1,* ]]; then
   cp "$ROOT/docs/BENCHMARKS.md" "$OUTDIR/BENCHMARKS.md"  # the other device's section is kept
-  limit=$(( SECTION1_TIMEOUT < TIMEOUT - SECONDS - PACK_SECONDS ? SECTION1_TIMEOUT : TIMEOUT - SECONDS - PACK_SECONDS ))
-  run_section section_1 "$limit" "$OUTDIR/benchmarks.log" "$PYTHON" -m benchmarks --device "$DEVICE" \
+  run_section section_1 "$(time_left "$SECTION1_TIMEOUT")" "$OUTDIR/benchmarks.log" "$PYTHON" -m benchmarks --device "$DEVICE" \
     "${quick_flag[@]}" --output "$OUTDIR/BENCHMARKS.md" --json "$OUTDIR/benchmarks.json"
 fi
 if [[ ",$SECTIONS," == *,2,* ]]; then
-  run_section section_2 $(( TIMEOUT - SECONDS - PACK_SECONDS )) "$OUTDIR/reproduce.log" "$PYTHON" -m "$REPRODUCE_MODULE" \
+  run_section section_2 "$(time_left "$SECTION2_TIMEOUT")" "$OUTDIR/reproduce.log" "$PYTHON" -m "$REPRODUCE_MODULE" \
     --device "$DEVICE" "${reproduce_budget[@]}" --out "$OUTDIR/reproduce" --rows "${reproduce_rows[@]}" \
     --seeds "${reproduce_seeds[@]}" --no-progress-bar
   if [ -d "$OUTDIR/reproduce" ]; then
