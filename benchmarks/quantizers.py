@@ -125,6 +125,9 @@ def run_case(case: QuantizerCase, dtype: str, repeats: int,
         failure = None
         try:
             call()
+            module, channel_last = arms[name]
+            module.zero_grad(set_to_none=True)  # so that the peak counts this call's gradients, not
+            inputs[channel_last].grad = None  # the warm-up's
             box = {}
             peak = peak_memory(lambda: box.update(out=call()), device)
             quantised, loss = box["out"]
