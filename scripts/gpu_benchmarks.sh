@@ -31,7 +31,7 @@
 #
 # Files in the output folder (at most 8, none in subfolders):
 #   machine.txt       date, OS, CPU, memory, nvidia-smi, python and package versions, git commit
-#   status.txt        device, quick, and per section: exit code, seconds, limit (124: timed out)
+#   status.txt        device, quick, and per section: exit code, seconds, limit (124, or 137 when it had to be killed: timed out)
 #   BENCHMARKS.md     docs/BENCHMARKS.md with this device's section rewritten by section 1
 #   benchmarks.json   every sample of section 1
 #   benchmarks.log    section 1's output
@@ -157,7 +157,7 @@ run_section() {  # run_section NAME LIMIT LOG COMMAND...
   echo "== $name (limit ${limit} s): $*"
   timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
   rc=$?
-  echo "$name rc=$rc seconds=$((SECONDS - start)) limit=$limit$([ $rc -eq 124 ] && echo ' (timed out)')" \
+  echo "$name rc=$rc seconds=$((SECONDS - start)) limit=$limit$( ((rc == 124 || rc == 137)) && echo ' (timed out)')" \
     >>"$OUTDIR/status.txt"
   [ $rc -eq 0 ] || FAILED=1
   tail -n 5 "$log"

@@ -1,6 +1,7 @@
 """The device-independent logic of the benchmarks' GPU paths, checked on the CPU: the timer's CPU
 fallback, peak memory, out-of-memory as a result (simulated errors) in every benchmark, the
 finiteness check, and the run's argument checks and thread handling."""
+import re
 import time
 
 import pytest
@@ -137,6 +138,16 @@ def test_quantizers_report_an_arm_out_of_memory_and_a_non_finite_one(monkeypatch
     assert "| NO: VectorQuantizer2 |" in text
     with pytest.raises(ValueError, match="dtype must be one of"):
         quantizers.run_case(case, "fp16", 1, CPU)
+
+
+def test_quantizers_without_vector_quantize_pytorch(monkeypatch, one_thread):
+    monkeypatch.setattr(quantizers, "vector_quantize_available", lambda: False)
+    result = quantizers.run_case(quantizers.QuantizerCase(32, 4, 2, 4, 8), "fp32", 1, CPU)
+    assert sorted(result.seconds.samples) == ["ArcQuantizer", "ArcQuantizer chunked", "VectorQuantizer2"]
+    text = render_section(DeviceRun(plan_for("cpu", quick=True), {}, "cmd", 0.1, None, [], [], [result]))
+    assert "vector-quantize-pytorch is not installed" in text
+    assert re.search(r"\| 32 \| 4 \| 32 \| 8 \| fp32 \|( [\d.]+; [\d.]+ - [\d.]+ \|){3} not installed \| - \| - \| yes \|",
+                     text)
 
 
 def test_run_checks_arguments_first_writes_its_section_and_restores_threads(tmp_path, monkeypatch):
