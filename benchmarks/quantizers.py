@@ -111,12 +111,12 @@ def run_case(case: QuantizerCase, dtype: str, repeats: int,
     input_dtype = autocast_dtype or torch.float32
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(case.batch, case.d, case.side, case.side, generator=generator)
-    channel_last = z.permute(0, 2, 3, 1).reshape(case.batch, -1, case.d)
+    z_channel_last = z.permute(0, 2, 3, 1).reshape(case.batch, -1, case.d)
     inputs = {False: z.to(device, input_dtype).clone().requires_grad_(),  # leaves of their own
-              True: channel_last.to(device, input_dtype).clone().requires_grad_()}
+              True: z_channel_last.to(device, input_dtype).clone().requires_grad_()}
     arms = _build(case, device)
     calls: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor]]] = {
-        name: (lambda m=module, c=channel_last: _step(m, c, inputs[c], device, autocast_dtype))
+        name: (lambda m=module, last=channel_last: _step(m, last, inputs[last], device, autocast_dtype))
         for name, (module, channel_last) in arms.items()}
 
     result = QuantizerResult(case, dtype, Comparison())
@@ -126,12 +126,13 @@ def run_case(case: QuantizerCase, dtype: str, repeats: int,
         try:
             call()
             module, channel_last = arms[name]
+            z_arm = inputs[channel_last]
             module.zero_grad(set_to_none=True)  # so that the peak counts this call's gradients, not
-            inputs[channel_last].grad = None  # the warm-up's
+            z_arm.grad = None  # the warm-up's
             box = {}
             peak = peak_memory(lambda: box.update(out=call()), device)
             quantised, loss = box["out"]
-            grad = inputs[arms[name][1]].grad
+            grad = z_arm.grad
             result.finite[name] = bool(torch.isfinite(quantised).all() and torch.isfinite(loss).all()
                                        and grad is not None and torch.isfinite(grad).all())
             if peak is not None:
