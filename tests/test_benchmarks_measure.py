@@ -42,6 +42,60 @@ def test_cpu_timer_is_wall_clock_and_touches_no_cuda(no_cuda):
     assert peak_memory(lambda: ran.append(1), CPU) is None and ran == [1]
 
 
+class FakeCuda:
+    """Stands in for torch.cuda's events and allocator statistics, to run the GPU branches here."""
+
+    def __init__(self):
+        self.allocated, self.peak, self.calls = 100, 100, []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.time = None
+
+        def record(self):
+            self.time = time.perf_counter()
+
+        def synchronize(self):
+            assert self.time is not None
+
+        def elapsed_time(self, end):
+            return (end.time - self.time) * 1e3  # milliseconds, as CUDA's
+
+    def synchronize(self, device=None):
+        self.calls.append("synchronize")
+
+    def reset_peak_memory_stats(self, device=None):
+        self.peak = self.allocated
+
+    def memory_allocated(self, device=None):
+        return self.allocated
+
+    def max_memory_allocated(self, device=None):
+        return self.peak
+
+    def allocate(self, n):  # what a kernel would do
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+
+def test_gpu_timer_and_peak_memory_logic(monkeypatch):
+    fake = FakeCuda()
+    for name in ("Event", "synchronize", "reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    cuda = torch.device("cuda")
+    seconds = timed(lambda: time.sleep(0.02), cuda)
+    assert 0.015 < seconds < 0.5 and fake.calls == ["synchronize"]  # synchronised before the events
+    fake.allocate(1000)  # an earlier call's peak: reset, not counted
+    fake.allocate(-950)  # 50 still held before the call: not counted either
+
+    def work():
+        fake.allocate(300)
+        fake.allocate(-200)
+
+    assert peak_memory(work, cuda) == 300 and fake.allocated == 250
+
+
 def test_out_of_memory_is_recognised():
     assert is_out_of_memory(oom()) and is_out_of_memory(MemoryError())
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"))
