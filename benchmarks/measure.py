@@ -1,16 +1,22 @@
-"""Side-by-side timing and the machine description shared by every benchmark."""
+"""Side-by-side measurement shared by every benchmark: interleaved repeats, a device clock (CUDA
+events on a GPU, ``time.perf_counter`` on the CPU), peak device memory, running out of memory as
+a result rather than a crash, and the machine description."""
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 
-__all__ = ["Comparison", "interleaved", "machine_description", "median", "timed"]
+__all__ = ["Comparison", "Interval", "interleaved", "is_out_of_memory", "machine_description", "median",
+           "out_of_memory_note", "peak_memory", "release_memory", "resolve_device", "synchronize", "timed"]
+
+OUT_OF_MEMORY = "out of memory"
 
 
 def median(values: list[float]) -> float:
@@ -24,10 +30,12 @@ def median(values: list[float]) -> float:
 class Comparison:
     """Repeated measurements of two or more arms, taken in interleaved order.
 
-    ``samples[arm]`` is the list of that arm's measurements (seconds, bytes, ...).
+    ``samples[arm]`` is the list of that arm's measurements (seconds, bytes, ...);
+    ``failures[arm]`` says why an arm has none (e.g. it ran out of memory).
     """
 
     samples: dict[str, list[float]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
     def median(self, arm: str) -> float:
         return median(self.samples[arm])
@@ -36,31 +44,149 @@ class Comparison:
         """median(numerator) / median(denominator)."""
         return self.median(numerator) / self.median(denominator)
 
+    def has(self, arm: str) -> bool:
+        """Whether ``arm`` has measurements (it exists and did not fail)."""
+        return arm not in self.failures and bool(self.samples.get(arm))
 
-def interleaved(arms: Mapping[str, Callable[[], float]], repeats: int, warmup: int = 1) -> Comparison:
+
+def resolve_device(name: str) -> torch.device:
+    """``"cpu"`` or ``"cuda"`` as a torch.device; ``"cuda"`` must have a GPU (checked here)."""
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda': no CUDA GPU is available to torch (torch.cuda.is_available() "
+                         f"is False; torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for all queued work on ``device`` (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Interval:
+    """One timed interval on ``device``: ``start()``, the work, ``stop()``, then ``seconds()``.
+
+    On a GPU two CUDA events are recorded on the current stream (no host synchronisation until
+    ``seconds()``), so the interval is the device's time for the work queued in between; on the
+    CPU it is wall-clock time (``time.perf_counter``).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        else:
+            self._start_time = self._end_time = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start.record()
+        else:
+            self._start_time = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self._end.record()
+        else:
+            self._end_time = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self.cuda:
+            self._end.synchronize()
+            return self._start.elapsed_time(self._end) / 1e3
+        if self._start_time is None or self._end_time is None:
+            raise RuntimeError("Interval.seconds() before start() and stop()")
+        return self._end_time - self._start_time
+
+
+def timed(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> float:
+    """Seconds ``fn()`` takes on ``device``: synchronised before, CUDA events around it on a GPU
+    (``time.perf_counter`` on the CPU)."""
+    synchronize(device)
+    interval = Interval(device)
+    interval.start()
+    fn()
+    interval.stop()
+    return interval.seconds()
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Run ``fn()`` and return the rise of the device's peak allocated memory over what was
+    allocated before it, in bytes (``torch.cuda.max_memory_allocated``, reset just before).
+    None on the CPU, where torch keeps no allocator statistics (:mod:`benchmarks.arc_loss_memory`
+    measures the process's peak resident set there instead)."""
+    if device.type != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the device (or the host) ran out of memory."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what the last (failed) attempt left: garbage, and on a GPU the allocator's cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def out_of_memory_note(error: BaseException) -> str:
+    """``"out of memory (<first line of the error>)"``, as reports show an arm that ran out."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{OUT_OF_MEMORY} ({first_line[:160]})"
+
+
+def interleaved(arms: Mapping[str, Callable[[], float]], repeats: int, warmup: int = 1,
+                device: torch.device = torch.device("cpu")) -> Comparison:
     """Run every arm ``warmup`` times (discarded), then ``repeats`` rounds, reversing the arm
     order every other round (A B, B A, ...) so that drifting machine load hits all arms alike.
 
-    Each arm is a callable returning one measurement (e.g. seconds it took).
+    Each arm is a callable returning one measurement (e.g. seconds it took). An arm that runs out
+    of memory is a result, not a crash: it is recorded in ``failures`` (its samples dropped), the
+    memory is released and the other arms go on. Any other error propagates.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     names = list(arms)
+    result = Comparison({name: [] for name in names})
+
+    def attempt(name: str) -> Optional[float]:
+        failure = None
+        try:
+            return arms[name]()
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is kept, see below
+            if not is_out_of_memory(error):
+                raise
+            failure = out_of_memory_note(error)
+        result.failures[name] = failure  # outside the handler: the traceback's tensors are gone
+        result.samples[name] = []
+        release_memory(device)
+        return None
+
     for _ in range(warmup):
         for name in names:
-            arms[name]()
-    result = Comparison({name: [] for name in names})
+            if name not in result.failures:
+                attempt(name)
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
-            result.samples[name].append(arms[name]())
+            if name not in result.failures:
+                value = attempt(name)
+                if value is not None:
+                    result.samples[name].append(value)
     return result
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds ``fn()`` takes (wall clock, ``time.perf_counter``)."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _cpu_model() -> str:
@@ -74,20 +200,33 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def machine_description() -> dict[str, str]:
-    """CPU model, cores, memory, torch version and threads, GPU (or its absence)."""
+def _gpu_description(device: torch.device) -> dict[str, str]:
+    props = torch.cuda.get_device_properties(device)
+    return {
+        "GPU": f"{props.name} ({props.total_memory / 2**30:.0f} GiB, compute capability "
+               f"{props.major}.{props.minor}, {props.multi_processor_count} multiprocessors)",
+        "CUDA (torch build) / cuDNN": f"{torch.version.cuda} / {torch.backends.cudnn.version()}",
+        "TF32 (matmul / cuDNN)": f"{torch.backends.cuda.matmul.allow_tf32} / {torch.backends.cudnn.allow_tf32}",
+    }
+
+
+def machine_description(device: torch.device = torch.device("cpu")) -> dict[str, str]:
+    """CPU model, cores, memory, the GPU benchmarked (or none), torch version and threads, load."""
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         memory = f"{pages * page_size / 2**30:.1f} GiB"
     except (ValueError, OSError):
         memory = "unknown"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
+    if device.type == "cuda":
+        gpu = _gpu_description(device)
+    else:
+        gpu = {"GPU": "none used (CPU run)"}
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return {
         "CPU": _cpu_model(),
         "cores": str(os.cpu_count()),
         "memory": memory,
-        "GPU": gpu,
+        **gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch intra-op threads": str(torch.get_num_threads()),

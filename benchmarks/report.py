@@ -1,107 +1,257 @@
-"""Markdown rendering of the benchmark results (``docs/BENCHMARKS.md``)."""
+"""Markdown of one device's benchmark results: the section :mod:`benchmarks.document` places
+under that device's heading in ``docs/BENCHMARKS.md``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from .arc_loss_memory import ArcLossResult
-from .quantizer_throughput import QuantizerResult
+from .document import DEVICE_TITLES, NOT_MEASURED_MARK
+from .measure import Comparison
+from .plans import Plan
+from .quantizers import ARMS as QUANTIZER_ARMS
+from .quantizers import QuantizerResult
+from .targets import (MEMORY_RATIO_LIMIT, MEMORY_TARGET, MET, THROUGHPUT_MIN, TIME_RATIO_LIMIT, TRAIN_STEP_LIMIT,
+                      TargetCheck, check_targets, fraction)
 from .train_step import TrainStepResult
 
-__all__ = ["render"]
+__all__ = ["DeviceRun", "not_measured_section", "render_section"]
 
-TRAIN_STEP_TARGET, MEMORY_TARGET, TIME_TARGET, THROUGHPUT_TARGET = 1.03, 1 / 8, 1.25, 1.0
+
+@dataclass
+class DeviceRun:
+    """Everything one ``python -m benchmarks --device ...`` run measured."""
+
+    plan: Plan
+    machine: Mapping[str, str]
+    command: str
+    minutes: float
+    vq_version: Optional[str]
+    train: Sequence[TrainStepResult]
+    arc_loss: Sequence[ArcLossResult]
+    quantizers: Sequence[QuantizerResult]
 
 
 def _verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
-def _fraction(ratio: float) -> str:
-    """0.125 -> "1/8.0" (a ratio of 0 stays "0")."""
-    return f"1/{1 / ratio:.1f}" if ratio > 0 else "0"
+    return MET if ok else "MISSED"
 
 
 def _spread(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{min(values) * scale:.{digits}f} - {max(values) * scale:.{digits}f}"
 
 
-def _train_section(results: Sequence[TrainStepResult]) -> list[str]:
-    lines = ["## 1. VQGAN train step: ArcQuantizer over taming's VectorQuantizer2", "",
-             "| config | images | tokens | steps per arm | VectorQuantizer2 s/step (median; range) "
-             "| ArcQuantizer s/step (median; range) | ratio | target <= 1.03 |",
-             "|---|---|---|---|---|---|---|---|"]
+def _memory(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.0f} MiB"
+
+
+def _arm_time(s: Comparison, arm: str, scale: float = 1.0, digits: int = 3) -> str:
+    """``median; min - max`` of an arm, or why it has no figure."""
+    if arm in s.failures:
+        return s.failures[arm]
+    if not s.samples.get(arm):
+        return "not run"
+    return f"{s.median(arm) * scale:.{digits}f}; {_spread(s.samples[arm], scale, digits)}"
+
+
+def _targets_section(checks: Sequence[TargetCheck]) -> list[str]:
+    lines = ["| issue | what | target | figure | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {c.issue} | {c.what} | {c.target} | {c.figure} | {c.verdict} |" for c in checks]
+    return lines
+
+
+def _train_section(device: str, results: Sequence[TrainStepResult]) -> list[str]:
+    limit = TRAIN_STEP_LIMIT[device]
+    lines = ["### 1. VQGAN train step", "",
+             "Each arm's `training_step` run by a Lightning Trainer on one fixed batch; the first arm is the "
+             "baseline of the ratios.", "",
+             "| config | arm | images | tokens | steps | s/step (median; range) | ratio over the baseline "
+             f"| target <= {limit} |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        s = r.seconds
-        ratio = s.ratio("ArcQuantizer", "VectorQuantizer2")
         c = r.case
-        lines.append(
-            f"| {c.name} | {c.batch_size} x {c.resolution} px | {r.tokens} | {len(s.samples['ArcQuantizer'])} "
-            f"| {s.median('VectorQuantizer2'):.3f}; {_spread(s.samples['VectorQuantizer2'])} "
-            f"| {s.median('ArcQuantizer'):.3f}; {_spread(s.samples['ArcQuantizer'])} "
-            f"| {ratio:.3f} | {_verdict(ratio <= TRAIN_STEP_TARGET)} |")
+        if r.failure:
+            lines.append(f"| {c.name} | all | up to {c.batch_size} x {c.resolution} px | - | - | {r.failure} | - | - |")
+            continue
+        images = f"{r.batch_size} x {c.resolution} px"
+        if r.batches_out_of_memory:
+            images += f" (out of memory at {', '.join(map(str, r.batches_out_of_memory))})"
+        for arm in c.arms:
+            s = r.seconds
+            if arm.name == c.baseline:
+                ratio, verdict = "baseline", "-"
+            elif s.has(arm.name) and s.has(c.baseline):
+                value = s.ratio(arm.name, c.baseline)
+                ratio, verdict = f"{value:.3f}", _verdict(value <= limit)
+            else:
+                ratio, verdict = "-", "not measured"
+            lines.append(f"| {c.name} | {arm.name} | {images} | {r.tokens} | {len(s.samples[arm.name])} "
+                         f"| {_arm_time(s, arm.name)} | {ratio} | {verdict} |")
     lines += ["", "The quantisers alone at each config's latent shape (forward + backward, plus the norm-bound "
               "hook for ArcVQ; many interleaved repeats, so far less noisy than whole steps):", "",
-              "| config | VectorQuantizer2 ms | ArcQuantizer ms (incl. hook) | difference as a share of "
-              "the baseline step | implied step ratio |", "|---|---|---|---|---|"]
+              "| config | quantiser (of arm) | ms (median) | difference over the baseline's, as a share of its step "
+              "| implied step ratio |", "|---|---|---|---|---|"]
     for r in results:
-        q = r.quantizer_seconds
-        extra = q.median("ArcQuantizer") - q.median("VectorQuantizer2")
-        step = r.seconds.median("VectorQuantizer2")
-        lines.append(f"| {r.case.name} | {q.median('VectorQuantizer2') * 1e3:.2f} "
-                     f"| {q.median('ArcQuantizer') * 1e3:.2f} | {extra / step:+.2%} | {(step + extra) / step:.4f} |")
+        q, c = r.quantizer_seconds, r.case
+        if r.failure or not q.has(c.baseline) or not r.seconds.has(c.baseline):
+            continue
+        step = r.seconds.median(c.baseline)
+        for arm in q.samples:
+            if not q.has(arm):
+                lines.append(f"| {c.name} | {arm} | {q.failures.get(arm, 'not run')} | - | - |")
+                continue
+            extra = q.median(arm) - q.median(c.baseline)
+            lines.append(f"| {c.name} | {arm} | {q.median(arm) * 1e3:.2f} | {extra / step:+.2%} "
+                         f"| {(step + extra) / step:.4f} |")
     return lines
 
 
-def _memory_section(results: Sequence[ArcLossResult]) -> list[str]:
-    lines = ["## 2. ArcLoss forward + backward: chunked over dense", "",
-             "| K | N | D | chunk | dense peak | chunked peak | memory ratio (target <= 1/8) "
-             "| dense s (median; range) | chunked s (median; range) | time ratio (target <= 1.25) "
-             "| one-chunk s (median) | chunked / one-chunk time | max abs grad diff (max abs grad) "
-             "| loss dense / chunked |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _peak(p: Comparison, arm: str) -> str:
+    if arm in p.failures:
+        return p.failures[arm]
+    return _memory(p.median(arm)) if p.samples.get(arm) else "-"
+
+
+def _arc_loss_section(results: Sequence[ArcLossResult]) -> list[str]:
+    lines = ["### 2. ArcLoss forward + backward: chunked over dense", "",
+             "| K | N | D | chunk | dense peak | chunked peak | one-chunk peak "
+             f"| memory ratio (target {MEMORY_TARGET}) | dense s (median; range) | chunked s (median; range) "
+             f"| time ratio (target <= {TIME_RATIO_LIMIT}) | one-chunk s (median) | chunked / one-chunk time "
+             "| max abs grad diff (max abs grad) | loss dense / chunked |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         c, p, s = r.case, r.peak_bytes, r.seconds
-        mem, time_ratio = p.ratio("chunked", "dense"), s.ratio("chunked", "dense")
+        if p.has("dense") and p.has("chunked"):
+            mem = p.ratio("chunked", "dense")
+            mem_text = f"{fraction(mem)}: {_verdict(mem <= MEMORY_RATIO_LIMIT)}"
+        else:
+            mem_text = "-"
+        if s.has("dense") and s.has("chunked"):
+            ratio = s.ratio("chunked", "dense")
+            time_text = f"{ratio:.2f}: {_verdict(ratio <= TIME_RATIO_LIMIT)}"
+        else:
+            time_text = "-"
+        one = f"{s.median('one chunk'):.3f}" if s.has("one chunk") else s.failures.get("one chunk", "-")
+        per_one = f"{s.ratio('chunked', 'one chunk'):.2f}" if s.has("chunked") and s.has("one chunk") else "-"
+        grads = (f"{r.max_abs_grad_diff:.1e} ({r.max_abs_grad:.1e})" if r.max_abs_grad_diff is not None else "-")
+        losses = " / ".join(f"{r.loss[a]:.6f}" if a in r.loss and s.has(a) else "-" for a in ("dense", "chunked"))
         lines.append(
-            f"| {c.k} | {c.n} | {c.d} | {c.chunk_size} | {p.median('dense') / 2**20:.0f} MiB "
-            f"| {p.median('chunked') / 2**20:.0f} MiB | {_fraction(mem)}: {_verdict(mem <= MEMORY_TARGET)} "
-            f"| {s.median('dense'):.2f}; {_spread(s.samples['dense'], digits=2)} "
-            f"| {s.median('chunked'):.2f}; {_spread(s.samples['chunked'], digits=2)} "
-            f"| {time_ratio:.2f}: {_verdict(time_ratio <= TIME_TARGET)} "
-            f"| {s.median('one chunk'):.2f} | {s.ratio('chunked', 'one chunk'):.2f} "
-            f"| {r.max_abs_grad_diff:.1e} ({r.max_abs_grad:.1e}) | {r.loss['dense']:.6f} / {r.loss['chunked']:.6f} |")
+            f"| {c.k} | {c.n} | {c.d} | {c.chunk_size} | {_peak(p, 'dense')} | {_peak(p, 'chunked')} "
+            f"| {_peak(p, 'one chunk')} | {mem_text} | {_arm_time(s, 'dense')} | {_arm_time(s, 'chunked')} "
+            f"| {time_text} | {one} | {per_one} | {grads} | {losses} |")
+    if results:
+        lines += ["", f"Peak memory: {results[0].peak_source}."]
     return lines
 
 
-def _throughput_section(results: Sequence[QuantizerResult]) -> list[str]:
-    lines = ["## 3. Quantiser forward + backward: ArcQuantizer over vector-quantize-pytorch", ""]
-    if not results:
-        return lines + ["Not run: vector-quantize-pytorch is not installed "
-                        "(`pip install vector-quantize-pytorch`, a benchmark-only dependency)."]
-    lines += [             "| K | D | N | ArcQuantizer arc_chunk_size | VectorQuantize latents/s | ArcQuantizer latents/s "
-             "| throughput ratio (target >= 1.0) |", "|---|---|---|---|---|---|---|"]
+def _quantizer_section(device: str, results: Sequence[QuantizerResult], vq_version: Optional[str]) -> list[str]:
+    lines = ["### 3. Quantisers forward + backward: ArcQuantizer, VectorQuantizer2, VectorQuantize", ""]
+    if not vq_version:
+        lines += ["vector-quantize-pytorch is not installed (`pip install vector-quantize-pytorch`, a "
+                  "benchmark-only dependency): its arm and the throughput ratio are left out.", ""]
+    lines += ["Milliseconds per forward + backward (median; range). Throughput ratio = VectorQuantize time / "
+              f"ArcQuantizer time (target >= {THROUGHPUT_MIN}).", "",
+              "| K | D | N | chunk | precision | " + " | ".join(f"{a} ms" for a in QUANTIZER_ARMS)
+              + " | ArcQuantizer / VectorQuantize throughput | chunked / VectorQuantize throughput "
+                "| output, loss, gradient finite |",
+              "|---|---|---|---|---|" + "---|" * (len(QUANTIZER_ARMS) + 3)]
     for r in results:
         c, s = r.case, r.seconds
-        ratio = s.ratio("VectorQuantize", "ArcQuantizer")
-        lines.append(f"| {c.k} | {c.d} | {c.n} | {c.arc_chunk_size} | {c.n / s.median('VectorQuantize'):,.0f} "
-                     f"| {c.n / s.median('ArcQuantizer'):,.0f} | {ratio:.2f}: {_verdict(ratio >= THROUGHPUT_TARGET)} |")
+        cells = [_arm_time(s, a, 1e3, 2) if (a in s.samples or a in s.failures) else "not installed"
+                 for a in QUANTIZER_ARMS]
+        ratios = []
+        for arm in ("ArcQuantizer", "ArcQuantizer chunked"):
+            if s.has(arm) and s.has("VectorQuantize"):
+                value = s.ratio("VectorQuantize", arm)
+                ratios.append(f"{value:.2f}: {_verdict(value >= THROUGHPUT_MIN)}")
+            else:
+                ratios.append("-")
+        not_finite = [a for a, ok in r.finite.items() if not ok]
+        finite = "NO: " + ", ".join(not_finite) if not_finite else "yes" if r.finite else "-"
+        lines.append(f"| {c.k} | {c.d} | {c.n} | {c.chunk_size} | {r.dtype} | " + " | ".join(cells)
+                     + f" | {ratios[0]} | {ratios[1]} | {finite} |")
+    if device == "cuda" and results:
+        lines += ["", "Peak memory of one forward + backward above what was allocated before it "
+                  "(`torch.cuda.max_memory_allocated`, reset per arm):", "",
+                  "| K | D | N | chunk | precision | " + " | ".join(QUANTIZER_ARMS) + " | chunked / dense |",
+                  "|---|---|---|---|---|" + "---|" * (len(QUANTIZER_ARMS) + 1)]
+        for r in results:
+            c = r.case
+            cells = [_memory(r.peak_bytes[a]) if a in r.peak_bytes else r.seconds.failures.get(a, "-")
+                     for a in QUANTIZER_ARMS]
+            both = "ArcQuantizer" in r.peak_bytes and "ArcQuantizer chunked" in r.peak_bytes
+            ratio = fraction(r.peak_bytes["ArcQuantizer chunked"] / r.peak_bytes["ArcQuantizer"]) if both else "-"
+            lines.append(f"| {c.k} | {c.d} | {c.n} | {c.chunk_size} | {r.dtype} | " + " | ".join(cells)
+                         + f" | {ratio} |")
     return lines
 
 
-def render(machine: Mapping[str, str], command: str, minutes: float,
-           train: Sequence[TrainStepResult], memory: Sequence[ArcLossResult],
-           throughput: Sequence[QuantizerResult], method: str, vq_version: Optional[str],
-           quick: bool = False) -> str:
-    """The whole BENCHMARKS.md text (``quick``: toy sizes, marked as such)."""
-    lines = ["# ArcVQ benchmarks", ""]
-    if quick:
+CPU_METHOD = """
+- **A shared CPU.** This machine's cores are shared with other processes (see the load average
+  above), so figures drift by several percent between runs; that is why each ratio compares arms
+  run alternately within one run, and why ranges are shown. With torch's default intra-op threads
+  on an oversubscribed machine every parallel kernel waits for a descheduled thread (small ops
+  became ~10x slower), so the run uses `torch.set_num_threads(1)` (`--threads`) for all arms alike.
+- **1. Train step.** Whole steps on a CPU vary by several percent from one to the next, more
+  than the quantiser costs, so the second table times the quantisers alone at the same latent
+  shape with many repeats and reports what they add to a step: that is the precise figure; the
+  end-to-end ratio is the check that nothing else differs.
+- **2. ArcLoss.** Each measurement is a fresh subprocess; the peak is the rise of the process's
+  peak resident set (`VmHWM`, reset through `/proc/self/clear_refs` just before the call) over its
+  resident set before it: all memory the call touched, whoever allocated it (CPU torch has no
+  allocator statistics to ask).
+- **3. Quantisers.** No memory figures on the CPU (see section 2 for ArcLoss's). Figures depend on
+  the process's allocator state: VectorQuantize allocates several K x N tensors per call, which
+  are much cheaper once the heap is warm (as in a training process, and as here, where the
+  train-step benchmark runs first) than in a fresh process.
+"""
+
+CUDA_METHOD = """
+- **Timing.** CUDA events around each call (`benchmarks.measure.timed`: synchronised before,
+  events recorded on the current stream, read after the end event completes), warm-up calls
+  first, then interleaved repeats (A B, B A, ...), median. Train steps are timed inside
+  Lightning's loop from `on_train_batch_start` to `on_train_batch_end` with events (no host
+  synchronisation per step). fp32 runs use torch's default TF32 settings (shown above).
+- **Memory.** `torch.cuda.max_memory_allocated` reset just before one call of each arm, minus
+  the memory allocated before it (inputs, codebooks, modules): what the call itself needs.
+- **Out of memory** is a result: the arm is reported as such and the run goes on; a train step
+  that does not fit is retried at half the batch (the table says which sizes did not fit).
+- **bf16** runs each quantiser's forward under `torch.autocast("cuda", dtype=torch.bfloat16)` on
+  bf16 latents; ArcQuantizer computes its cosines and ArcLoss in float32 with autocast disabled.
+"""
+
+
+def render_section(run: DeviceRun) -> str:
+    """The markdown of ``run``'s device section (without the heading :mod:`benchmarks.document` adds)."""
+    plan = run.plan
+    lines = []
+    if plan.quick:
         lines += ["**Toy sizes (`--quick`): a smoke run; these figures say nothing about the targets.**", ""]
-    lines += [
-             "Written by `python -m benchmarks` (do not edit by hand; rerun it). Every figure is a ratio "
-             "of two arms measured side by side in the same run, repeats interleaved, median.", "",
-             "## Machine and command", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in machine.items()]
-    lines += [f"| vector-quantize-pytorch | {vq_version or 'not installed'} |",
-              f"| command | `{command}` |", f"| total run time | {minutes:.1f} min |", ""]
-    lines += _train_section(train) + [""] + _memory_section(memory) + [""] + _throughput_section(throughput)
-    lines += ["", method.strip(), ""]
+    lines += ["### Machine and command", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in run.machine.items()]
+    lines += [f"| vector-quantize-pytorch | {run.vq_version or 'not installed'} |",
+              f"| command | `{run.command}` |", f"| total run time | {run.minutes:.1f} min |", ""]
+    lines += ["### Targets", ""]
+    lines += _targets_section(check_targets(plan.device, run.train, run.arc_loss, run.quantizers))
+    lines += [""] + _train_section(plan.device, run.train) + [""] + _arc_loss_section(run.arc_loss)
+    lines += [""] + _quantizer_section(plan.device, run.quantizers, run.vq_version)
+    lines += ["", "### How these were measured on this device", "",
+              (CPU_METHOD if plan.device == "cpu" else CUDA_METHOD).strip()]
+    return "\n".join(lines)
+
+
+def not_measured_section(plan: Plan, command: str) -> str:
+    """The section of a device that has not been measured yet: how to run it (``command``,
+    markdown), what it will measure,
+    and every target marked ``not measured``."""
+    train = "; ".join(f"{c.name}, batch up to {c.batch_size}, arms {', '.join(a.name for a in c.arms)}"
+                      for c in plan.train)
+    arc = "; ".join(f"K={c.k}, N={c.n}, D={c.d} (chunk {c.chunk_size})" for c in plan.arc_loss)
+    quant = "; ".join(f"K={c.k}, D={c.d}, N={c.n} (chunk {c.chunk_size})" for c in plan.quantizers)
+    lines = [f"{NOT_MEASURED_MARK} No {DEVICE_TITLES[plan.device]} has been available to this project's "
+             f"sessions so far. To measure: {command}.", "",
+             "It will measure:", "",
+             f"- 1. VQGAN train step: {train};",
+             f"- 2. ArcLoss chunked vs dense: {arc};",
+             f"- 3. quantisers ({', '.join(QUANTIZER_ARMS)}) in {' and '.join(plan.quantizer_dtypes)}: {quant}.",
+             "", "### Targets", ""]
+    lines += _targets_section(check_targets(plan.device, [], [], [], measured=False))
     return "\n".join(lines)
