@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .arc_loss_memory import ArcLossCase
 from .document import DEVICES
 from .quantizers import DTYPES, QuantizerCase
-from .train_step import F8_ARMS, F16_ARMS, NO_LPIPS, SMALL_OVERRIDES, TrainStepCase
+from .train_step import F8_ARMS, F16_ARMS, NO_LPIPS, SMALL_OVERRIDES, TrainStepCase, disc_reconstruction_arms
 
 __all__ = ["Plan", "plan_for"]
 
@@ -46,7 +46,9 @@ TINY_OVERRIDES = NO_LPIPS + (
 CPU = Plan(
     "cpu", False,
     train=(TrainStepCase("small (64 px, ch 64, f8)", F16_ARMS, SMALL_OVERRIDES, 64, 8, rounds=5, steps_per_round=2),
-           TrainStepCase("paper f16 (256 px, ch 128)", F16_ARMS, NO_LPIPS, 256, 1, rounds=2, steps_per_round=3)),
+           TrainStepCase("paper f16 (256 px, ch 128)", F16_ARMS, NO_LPIPS, 256, 1, rounds=2, steps_per_round=3),
+           TrainStepCase("small (64 px, ch 64, f8): discriminator reconstructions", disc_reconstruction_arms(F16_ARMS),
+                         SMALL_OVERRIDES, 64, 8, rounds=3, steps_per_round=2, quantizer_repeats=1, target=False)),
     arc_loss=(ArcLossCase(16384, 32768, 16, 1024), ArcLossCase(16384, 32768, 256, 1024)),
     arc_loss_repeats=3,
     quantizers=(QuantizerCase(1024, 16, 30, 16, 1024), QuantizerCase(16384, 16, 8, 32, 1024),
@@ -56,7 +58,10 @@ CPU = Plan(
 CUDA = Plan(
     "cuda", False,
     train=(TrainStepCase("paper f8 (256 px, ch 128)", F8_ARMS, NO_LPIPS, 256, 30, rounds=3, steps_per_round=3,
-                         quantizer_repeats=50),),
+                         quantizer_repeats=50),
+           TrainStepCase("paper f8 (256 px, ch 128): discriminator reconstructions",
+                         disc_reconstruction_arms(F8_ARMS[1:]), NO_LPIPS, 256, 30, rounds=2, steps_per_round=2,
+                         quantizer_repeats=1, target=False)),
     arc_loss=(ArcLossCase(16384, 32768, 16, 2048), ArcLossCase(16384, 32768, 256, 2048),
               ArcLossCase(100000, 32768, 8, 2048)),
     arc_loss_repeats=10,
@@ -70,7 +75,9 @@ def _quick(device: str) -> Plan:
     return Plan(
         device, True,
         train=(TrainStepCase("tiny (32 px, ch 32)", F16_ARMS, TINY_OVERRIDES, 32, 2, rounds=1, steps_per_round=1,
-                             quantizer_repeats=3),),
+                             quantizer_repeats=3),
+               TrainStepCase("tiny (32 px, ch 32): discriminator reconstructions", disc_reconstruction_arms(F16_ARMS[1:]),
+                             TINY_OVERRIDES, 32, 2, rounds=1, steps_per_round=1, quantizer_repeats=1, target=False)),
         arc_loss=(ArcLossCase(64, 256, 8, 32),), arc_loss_repeats=1,
         quantizers=(QuantizerCase(64, 8, 2, 4, 16),), quantizer_dtypes=("fp32", "bf16"), quantizer_repeats=1,
     )

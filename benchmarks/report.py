@@ -80,7 +80,7 @@ def _train_section(device: str, results: Sequence[TrainStepResult]) -> list[str]
                 ratio, verdict = "baseline", "-"
             elif s.has(arm.name) and s.has(c.baseline):
                 value = s.ratio(arm.name, c.baseline)
-                ratio, verdict = f"{value:.3f}", _verdict(value <= limit)
+                ratio, verdict = f"{value:.3f}", _verdict(value <= limit) if c.target else "(no target)"
             else:
                 ratio, verdict = "-", "not measured"
             lines.append(f"| {c.name} | {arm.name} | {images} | {r.tokens} | {len(s.samples[arm.name])} "
@@ -91,7 +91,7 @@ def _train_section(device: str, results: Sequence[TrainStepResult]) -> list[str]
               "| implied step ratio |", "|---|---|---|---|---|"]
     for r in results:
         q, c = r.quantizer_seconds, r.case
-        if r.failure or not q.has(c.baseline) or not r.seconds.has(c.baseline):
+        if r.failure or not c.target or not q.has(c.baseline) or not r.seconds.has(c.baseline):
             continue
         step = r.seconds.median(c.baseline)
         for arm in q.samples:

@@ -17,8 +17,9 @@ fit in memory is halved until one does (reported). LPIPS weights are not install
 the configs are run with ``perceptual_weight: 0`` (``arcvq_plugin.taming.VQLPIPSWithDiscriminator``
 then builds no LPIPS): L1 + codebook + GAN loss.
 
-Comparing two training-loop modes is one more arm, e.g.
-``TrainArm("ArcQuantizer, other mode", F8_ARC_CONFIG, ("model.params.<option>=<value>",))``.
+Comparing training-loop modes is more arms: :func:`disc_reconstruction_arms` gives each arm
+twice, with the discriminator on fresh reconstructions (the default, upstream's) and on the
+autoencoder pass's reused ones (``disc_reconstruction: reuse``); such a case has no target.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from .measure import (Comparison, Interval, interleaved, is_out_of_memory, out_o
                       timed)
 
 __all__ = ["BatchTimer", "F16_ARMS", "F8_ARMS", "NO_LPIPS", "SMALL_OVERRIDES", "TrainArm", "TrainStepCase",
-           "TrainStepResult", "build_models", "run_case"]
+           "TrainStepResult", "build_models", "disc_reconstruction_arms", "run_case"]
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "taming"
 
@@ -60,6 +61,13 @@ F8_ARMS = (TrainArm("VectorQuantizer2", CONFIGS / "imagenet_vqgan_f8.yaml"),
            TrainArm("ArcQuantizer", CONFIGS / "imagenet_arcvq_f8.yaml"))
 """The paper's f8 ImageNet tokenizer (256 px -> 32x32 tokens, K=1024, D=16) and its baseline."""
 
+def disc_reconstruction_arms(arms: Sequence[TrainArm]) -> tuple[TrainArm, ...]:
+    """Each of ``arms`` with ``disc_reconstruction`` fresh (as configured: the default) and reuse."""
+    return tuple(TrainArm(f"{arm.name}, {mode}", arm.config,
+                          arm.overrides + (("model.params.disc_reconstruction=reuse",) if mode == "reuse" else ()))
+                 for arm in arms for mode in ("fresh", "reuse"))
+
+
 NO_LPIPS: tuple[str, ...] = ("model.params.lossconfig.params.perceptual_weight=0.0",)
 SMALL_OVERRIDES: tuple[str, ...] = NO_LPIPS + (
     "model.params.ddconfig.resolution=64", "model.params.ddconfig.ch=64",
@@ -72,7 +80,8 @@ SMALL_OVERRIDES: tuple[str, ...] = NO_LPIPS + (
 class TrainStepCase:
     """A model size and batch, the arms to compare and how many steps to time.
 
-    ``batch_size`` is the largest batch tried (halved while it runs out of memory).
+    ``batch_size`` is the largest batch tried (halved while it runs out of memory). ``target``:
+    whether the ratios are held to the train-step target (False for training-loop modes).
     """
 
     name: str
@@ -84,6 +93,7 @@ class TrainStepCase:
     steps_per_round: int = 2
     warmup_batches: int = 1
     quantizer_repeats: int = 30
+    target: bool = True
 
     def __post_init__(self) -> None:
         if len(self.arms) < 2 or len({arm.name for arm in self.arms}) != len(self.arms):

@@ -72,6 +72,9 @@ def test_quick_cpu_run_writes_every_result_into_one_folder(tmp_path):
                     "### 3. Quantisers forward + backward", "| torch |", "Toy sizes"):
         assert heading in cpu
     assert re.search(r"\| tiny \(32 px, ch 32\) \| ArcQuantizer \| 2 x 32 px \| 16x16 \| 1 \| [\d.]+; ", cpu)
+    # the discriminator-reconstruction modes: both timed, the reuse arm over the fresh one, no target
+    assert re.search(r"\| tiny \(32 px, ch 32\): discriminator reconstructions \| ArcQuantizer, fresh \| .* \| baseline \| - \|", cpu)
+    assert re.search(r"\| tiny \(32 px, ch 32\): discriminator reconstructions \| ArcQuantizer, reuse \| .* \| [\d.]+ \| \(no target\) \|", cpu)
     row = next(line for line in cpu.splitlines() if line.startswith("| 64 | 256 | 8 | 32 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     grad_diff = float(cells[13].split()[0])
