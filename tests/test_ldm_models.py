@@ -192,3 +192,23 @@ def test_paper_configs_validate_and_follow_the_tables():
     stage = instantiate_from_config(ldm.model.params.first_stage_config)
     first_model = instantiate_from_config(OmegaConf.merge(first.model, {"params": {"lossconfig": IDENTITY}}))
     assert {k: v.shape for k, v in stage.state_dict().items()} == {k: v.shape for k, v in first_model.state_dict().items()}
+
+
+def test_interface_refuses_to_train_before_any_step():
+    """VQModelInterface's encode returns the latent before quantisation (LatentDiffusion's first
+    stage): training it is refused with the way out, before the first batch."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from arcvq_plugin import NormBoundCallback
+
+    model = _model("VQModelInterface", quantizer_config=ARC, lossconfig={
+        "target": "arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator",
+        "params": {"disc_start": 0, "perceptual_weight": 0.0, "disc_num_layers": 1, "disc_ndf": 8}})
+    model.learning_rate = 1e-3
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[NormBoundCallback()])
+    data = DataLoader([{"image": torch.zeros(32, 32, 3)}] * 2, batch_size=2)
+    with pytest.raises(NotImplementedError, match="frozen first stage.*train VQModel"):
+        trainer.fit(model, data)
+    assert int(model.quantize.clock) == 0
