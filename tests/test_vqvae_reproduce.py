@@ -48,6 +48,10 @@ def test_reproduce_end_to_end_then_refuses_to_overwrite(tmp_path, capsys, one_th
     by_seed = [table["rows"]["arcvq"]["seeds"][s]["psnr"] - table["rows"]["vq"]["seeds"][s]["psnr"] for s in ("1", "2")]
     assert psnr["differences"] == pytest.approx(by_seed) and "fewer than 3 seeds" in psnr["note"]
     assert table["rows"]["arcvq"]["seeds"]["1"]["clipping"]["steps"] == 2
+    log = (out / "clipping" / "arcvq_seed2.csv").read_text().splitlines()
+    assert log[0] == "step,clipped_fraction" and [line.split(",")[0] for line in log[1:]] == ["1", "2"]
+    assert float(log[-1].split(",")[1]) == pytest.approx(table["rows"]["arcvq"]["seeds"]["2"]["clipped_last"], abs=1e-6)
+    assert not (out / "clipping" / "vq_seed1.csv").exists()
     assert table["rows"]["vq"]["seeds"]["1"]["clipping"] is None
     assert (out / "table.md").read_text() in printed
 

@@ -25,6 +25,7 @@ t-interval over seeds, and the paper's numbers. Written to ``--out``:
     codebook_{usage,norms,distances}_<row>.png   per-row codebook figures (first seed)
     checkpoints/<row>_seed<seed>.{ckpt,yaml}     {"state_dict", "config"} and the merged config
                                     (``arcvq-tokens export --config <yaml> --ckpt <ckpt>`` reads them)
+    clipping/<row>_seed<seed>.csv   per step: the fraction of codes the norm bound clipped (BBNR rows)
 
 Defaults are the main job: embedded MNIST, the reduced budget, seed 1, the four rows, on the
 device ``auto`` picks (CUDA when torch sees a GPU, else the CPU).
@@ -48,7 +49,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.data.image_folder import uint8_to_signed_unit
 from arcvq_plugin.schedules import arc_weight, radius
 from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
                                        schedule_overrides)
@@ -184,7 +184,9 @@ def train_row(config: DictConfig, seed: int, progress_bar: bool = True, device: 
     trainer.fit(model, datamodule=datamodule)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return TrainedRow(model, time.perf_counter() - start, time.process_time() - cpu_start, trace.clipped_fraction)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    model.to(device)  # Lightning's teardown moved it to the CPU
+    return TrainedRow(model, seconds, cpu_seconds, trace.clipped_fraction)
 
 
 @torch.no_grad()
@@ -197,7 +199,7 @@ def evaluate_model(model: VQVAE, pixels: torch.Tensor, batch_size: int = 1000) -
     model.eval()
     real, fake, indices = [], [], []
     for start in range(0, pixels.shape[0], batch_size):
-        x = uint8_to_signed_unit(pixels[start:start + batch_size]).permute(0, 3, 1, 2).contiguous()
+        x = model.get_input({model.image_key: pixels[start:start + batch_size]})
         z_q, _, (_, _, codes) = model.encode(x)
         x_rec = model.decode(z_q)
         real.append(((x + 1.0) / 2.0).clamp(0.0, 1.0))
@@ -387,6 +389,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 container = OmegaConf.to_container(variant.config, resolve=True)
                 _save_atomic({"state_dict": model.state_dict(), "config": container}, out / "checkpoints" / f"{stem}.ckpt")
                 _write_atomic(out / "checkpoints" / f"{stem}.yaml", OmegaConf.to_yaml(variant.config))
+                if trained.clipped_fraction is not None:  # the per-step log of the norm bound
+                    (out / "clipping").mkdir(exist_ok=True)
+                    _write_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
+                        f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
                 if seed == seeds[0]:
                     grid = real[:N_GRID_IMAGES] if grid is None else grid
                     quantize = model.quantize
