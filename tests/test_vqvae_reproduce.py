@@ -76,22 +76,29 @@ def test_reproduce_end_to_end_then_refuses_to_overwrite(tmp_path, capsys, one_th
     assert (out / "results.json").read_bytes() == before
 
 
-def test_sweep_of_two_values_on_the_paper_budget_writes_both_rows(tmp_path, capsys, one_thread):
+def test_sweeps_of_two_values_on_the_paper_budget_write_both_rows(tmp_path, capsys, one_thread):
     out = tmp_path / "sweep"
-    assert main(["--sweep", "arc_top_k=1,3", "--budget", "paper", "--device", "cpu", "--out", str(out),
-                 "--limit-train", "64", "--limit-test", "16", "--max-steps", "2", "--no-progress-bar"]) == 0
+    assert main(["--sweep", "arc_top_k=1,3", "--sweep", "arc_m=0.1,1.0", "--budget", "paper", "--device", "cpu",
+                 "--out", str(out), "--limit-train", "64", "--limit-test", "16", "--max-steps", "2",
+                 "--no-progress-bar"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["batch_size"] == 1024 and results["settings"]["steps"] == 2  # the paper's batch
-    table = results["tables"]["sweep_arc_top_k"]
-    assert list(table["rows"]) == ["arcvq.arc_top_k=1", "arcvq.arc_top_k=3"]
-    assert table["reference"] == "arcvq.arc_top_k=3"  # the config's own value
+    top_k, margin = results["tables"]["sweep_arc_top_k"], results["tables"]["sweep_arc_m"]
+    assert list(top_k["rows"]) == ["arcvq.arc_top_k=1", "arcvq.arc_top_k=3"]
+    assert top_k["reference"] == "arcvq.arc_top_k=3" and margin["reference"] == "arcvq.arc_m=0.1"  # the config's value
     for k in (1, 3):
         config = OmegaConf.load(out / "checkpoints" / f"arcvq.arc_top_k_{k}_seed1.yaml")
         assert config.model.params.quantizer_config.params.arc_top_k == k
         assert int(_quantizer_state(out, f"arcvq.arc_top_k_{k}_seed1")["quantize.clock"]) == 2
-    assert "Table 4" in printed and "28.07" in printed  # the paper's top-k = 1 row beside ours
-    assert _png(out / "figure2_code_norms_sweep_arc_top_k.png") and _png(out / "figure3_pairwise_distances_sweep_arc_top_k.png")
+    # arc_m = 0.1 is the arcvq config itself, already trained as arc_top_k = 3: reused, not retrained
+    reused = margin["rows"]["arcvq.arc_m=0.1"]["seeds"]["1"]
+    assert reused["same_run_as"] == "arcvq.arc_top_k_3_seed1" and reused["psnr"] == top_k["rows"]["arcvq.arc_top_k=3"]["seeds"]["1"]["psnr"]
+    assert not (out / "checkpoints" / "arcvq.arc_m_0.1_seed1.ckpt").exists()
+    assert OmegaConf.load(out / "checkpoints" / "arcvq.arc_m_1.0_seed1.yaml").model.params.quantizer_config.params.arc_m == 1.0
+    assert "Table 4" in printed and "28.07" in printed and "27.93" not in printed  # MNIST numbers, not CIFAR-10's
+    for suffix in ("_sweep_arc_top_k", "_sweep_arc_m"):
+        assert _png(out / f"figure2_code_norms{suffix}.png") and _png(out / f"figure3_pairwise_distances{suffix}.png")
 
 
 def test_relative_schedule_ends_at_the_papers_lambda_and_radius(tmp_path, capsys, one_thread):

@@ -31,6 +31,7 @@ class CodebookSnapshot:
         codebook: (K, D) raw codebook.
         counts: (K,) selections of each code over the evaluated images.
         reconstructions: (n, C, H, W) in [0, 1], the first test images' reconstructions.
+        originals: (n, C, H, W) in [0, 1], the test images reconstructed (None: not kept).
         radius: the BBNR bound R(t) at the end of training, None without BBNR.
         clipped_fraction: (steps,) fraction of codes the bound clipped after each step, None
             without BBNR.
@@ -40,6 +41,7 @@ class CodebookSnapshot:
     codebook: torch.Tensor
     counts: torch.Tensor
     reconstructions: torch.Tensor
+    originals: Optional[torch.Tensor] = None
     radius: Optional[float] = None
     clipped_fraction: Optional[torch.Tensor] = None
 

@@ -33,6 +33,7 @@ device ``auto`` picks (CUDA when torch sees a GPU, else the CPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -328,10 +329,47 @@ def _reference(table_name: str, variants: Sequence[Variant], config_dir: Path, d
     return ordered[0].name
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, device: torch.device,
+                        test_pixels: torch.Tensor, out: Path, unavailable: dict) -> tuple[dict, CodebookSnapshot]:
+    """Train one row for one seed, evaluate it on the test pixels, write its checkpoint and clipping log."""
     from arcvq_plugin.evaluation import codebook_metrics, reconstruction_metrics
 
+    trained = train_row(variant.config, seed, progress_bar=not args.no_progress_bar, device=device)
+    model = trained.model
+    real, fake, indices = evaluate_model(model, test_pixels, args.eval_batch_size)
+    result = reconstruction_metrics(real, fake, lpips=args.lpips, fid=args.fid, device=device)
+    requested = {"psnr": True, "ssim": True, "lpips": args.lpips, "rfid": args.fid}
+    unavailable.update({name: why for name, why in (result.get("unavailable") or {}).items() if requested.get(name, True)})
+    metrics = {k: result[k] for k in ("psnr", "ssim", "lpips", "rfid")}
+    metrics.update(codebook_metrics(indices, model.n_embed))
+    codebook = model.quantize.embedding.weight.detach().cpu()
+    clipping = summarize_clipping(trained.clipped_fraction)
+    metrics.update(mean_code_norm=float(codebook.double().norm(dim=1).mean()),
+                   clipped_last=None if clipping is None else clipping["last"], clipping=clipping,
+                   train_seconds=trained.seconds, train_cpu_seconds=trained.cpu_seconds)
+    print(f"   PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, usage {100 * metrics['usage']:.1f}%, "
+          f"trained in {trained.seconds:.0f} s"
+          + ("" if clipping is None else f", bound clipped {100 * clipping['last']:.1f}% of codes at the last step "
+                                         f"({clipping['steps_clipping']}/{clipping['steps']} steps clipped)"), flush=True)
+    stem = f"{_slug(variant.name)}_seed{seed}"
+    container = OmegaConf.to_container(variant.config, resolve=True)
+    _save_atomic({"state_dict": model.state_dict(), "config": container}, out / "checkpoints" / f"{stem}.ckpt")
+    _write_atomic(out / "checkpoints" / f"{stem}.yaml", OmegaConf.to_yaml(variant.config))
+    if trained.clipped_fraction is not None:  # the per-step log of the norm bound
+        (out / "clipping").mkdir(exist_ok=True)
+        _write_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
+            f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
+    quantize = model.quantize
+    snapshot = CodebookSnapshot(
+        label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
+        reconstructions=fake[:N_GRID_IMAGES], originals=real[:N_GRID_IMAGES],
+        radius=float(quantize.radius) if getattr(quantize, "use_bbnr", False) else None,
+        clipped_fraction=trained.clipped_fraction)
+    return metrics, snapshot
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     config_dir = args.config_dir or default_config_dir()
     out = args.out or Path("outputs") / f"vqvae_{args.dataset}"
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -355,53 +393,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     per_table: dict[str, dict] = {name: {} for name in plan["tables"]}
     unavailable, snapshots, grid = {}, {name: {} for name in plan["tables"]}, None
-    requested = {"psnr": True, "ssim": True, "lpips": args.lpips, "rfid": args.fid}
     total = sum(len(v) for v in plan["tables"].values())
     start = time.perf_counter()
+    trained_once: dict[tuple[str, int], tuple[dict, CodebookSnapshot, str]] = {}
     for seed in seeds:
         done = 0
         for table_name, variants in plan["tables"].items():
             for variant in variants:
                 done += 1
-                print(f"\n== [{args.dataset}] seed {seed}, row {done}/{total}: {variant.label} "
-                      f"({plan['steps']} steps, batch {variant.config.data.params.batch_size}, {device}) ==", flush=True)
-                trained = train_row(variant.config, seed, progress_bar=not args.no_progress_bar, device=device)
-                model = trained.model
-                real, fake, indices = evaluate_model(model, test_pixels, args.eval_batch_size)
-                metrics = reconstruction_metrics(real, fake, lpips=args.lpips, fid=args.fid, device=device)
-                reasons = metrics.pop("unavailable", None) or {}
-                unavailable.update({name: why for name, why in reasons.items() if requested.get(name, True)})
-                metrics = {k: metrics[k] for k in ("psnr", "ssim", "lpips", "rfid")}
-                metrics.update(codebook_metrics(indices, model.n_embed))
-                codebook = model.quantize.embedding.weight.detach().cpu()
-                clipping = summarize_clipping(trained.clipped_fraction)
-                metrics.update(mean_code_norm=float(codebook.double().norm(dim=1).mean()),
-                               clipped_last=None if clipping is None else clipping["last"], clipping=clipping,
-                               train_seconds=trained.seconds, train_cpu_seconds=trained.cpu_seconds)
+                key = (OmegaConf.to_yaml(variant.config), seed)
+                if key in trained_once:  # e.g. arc_top_k=3 and arc_m=0.1 are both the arcvq config
+                    metrics, snapshot, stem = trained_once[key]
+                    print(f"\n== [{args.dataset}] seed {seed}, row {done}/{total}: {variant.label}: the same "
+                          f"config as {stem}, not trained again ==", flush=True)
+                    metrics = {**metrics, "same_run_as": stem}
+                else:
+                    print(f"\n== [{args.dataset}] seed {seed}, row {done}/{total}: {variant.label} ({plan['steps']} "
+                          f"steps, batch {variant.config.data.params.batch_size}, {device}) ==", flush=True)
+                    metrics, snapshot = _train_and_evaluate(variant, seed, args, device, test_pixels, out, unavailable)
+                    stem = f"{_slug(variant.name)}_seed{seed}"
+                    trained_once[key] = (metrics, snapshot, stem)
                 per_table[table_name].setdefault(variant.name, {"label": variant.label, "sweep": variant.sweep,
                                                                 "seeds": {}})["seeds"][seed] = metrics
-                print(f"   PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, usage {100 * metrics['usage']:.1f}%, "
-                      f"trained in {trained.seconds:.0f} s"
-                      + ("" if clipping is None else f", bound clipped {100 * clipping['last']:.1f}% of codes at the "
-                                                     f"last step ({clipping['steps_clipping']}/{clipping['steps']} steps clipped)"),
-                      flush=True)
-                stem = f"{_slug(variant.name)}_seed{seed}"
-                container = OmegaConf.to_container(variant.config, resolve=True)
-                _save_atomic({"state_dict": model.state_dict(), "config": container}, out / "checkpoints" / f"{stem}.ckpt")
-                _write_atomic(out / "checkpoints" / f"{stem}.yaml", OmegaConf.to_yaml(variant.config))
-                if trained.clipped_fraction is not None:  # the per-step log of the norm bound
-                    (out / "clipping").mkdir(exist_ok=True)
-                    _write_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
-                        f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
                 if seed == seeds[0]:
-                    grid = real[:N_GRID_IMAGES] if grid is None else grid
-                    quantize = model.quantize
-                    snapshots[table_name][variant.name] = CodebookSnapshot(
-                        label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
-                        reconstructions=fake[:N_GRID_IMAGES],
-                        radius=float(quantize.radius) if getattr(quantize, "use_bbnr", False) else None,
-                        clipped_fraction=trained.clipped_fraction)
-                del model, trained
+                    grid = snapshot.originals if grid is None else grid
+                    snapshots[table_name][variant.name] = dataclasses.replace(snapshot, label=variant.label)
 
     n_test = test_pixels.shape[0]
     budget_text = (f"budget {args.budget} ({plan['steps']} steps per row, batch "
