@@ -313,6 +313,9 @@ def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, swee
             label = ROW_LABELS[row] if key is None else f"{ROW_LABELS[row]}, {key}={value}"
             variants.append(Variant(name, label, config, None if key is None else {"key": key, "value": value}))
         tables[table_name] = variants
+    if device.type == "cuda":
+        notes = [*notes, "On CUDA the ArcQuantizer's per-forward finiteness check (a host sync) is off "
+                         "(check_finite: false); the codebook's finiteness is checked once per epoch instead."]
     return {"rows": rows, "tables": tables, "steps": steps, "paper_steps": paper_steps, "notes": notes}
 
 
