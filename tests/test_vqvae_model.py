@@ -114,7 +114,10 @@ def test_fixed_bound_row_differs_from_arcvq_only_in_its_keys(dataset):
 
 def test_reduced_budget_is_an_override():
     config = load_configs([str(CONFIGS / "mnist_arcvq.yaml"), str(CONFIGS / "reduced_budget.yaml")])
-    assert config.data.params.batch_size == 256 and config.lightning.trainer.max_epochs == 3
+    assert config.data.params.batch_size == 32 and config.lightning.trainer.max_steps == 250
+    # --epochs means epochs: the budget's step limit no longer cuts them short
+    assert row_config(CONFIGS, "mnist", "arcvq", epochs=3, batch_size=256).lightning.trainer == {"max_epochs": 3, "max_steps": -1}
+    assert row_config(CONFIGS, "mnist", "arcvq", budget="paper").lightning.trainer == {"max_epochs": 500}
     assert config.model == OmegaConf.load(CONFIGS / "mnist_arcvq.yaml").model
 
 

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", type=parse_sweep, action="append", default=[], metavar="KEY=V1,V2,...",
                         help="one table per sweep of a model or quantiser parameter, e.g. arc_top_k=1,3,8, "
                              "arc_m=0.1,0.5,1.0, arc_s=5,10,20, embed_dim=4,8,16 (repeatable)")
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="training epochs per run (default: the budget's)")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="training epochs per run (default: the budget's; lifts the budget's step limit)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default: the budget's)")
     parser.add_argument("--max-steps", type=_positive_int, default=None, help="stop each training after N optimizer steps")
     parser.add_argument("--limit-train", type=_positive_int, default=None, help="train on the first N images only")
@@ -127,14 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
 def row_config(config_dir: Path, dataset: str, row: str, epochs: Optional[int] = None,
                batch_size: Optional[int] = None, limit_train: Optional[int] = None, limit_test: Optional[int] = None,
                budget: str = "reduced", max_steps: Optional[int] = None, extra: Sequence[str] = ()) -> DictConfig:
-    """The row's config merged with the budget's files, then the budget options and ``extra`` as dotlist overrides."""
+    """The row's config merged with the budget's files, then the budget options and ``extra`` as dotlist overrides.
+
+    ``epochs`` replaces the budget's epochs and lifts its step limit (unless ``max_steps`` is given).
+    """
     paths = [Path(config_dir) / f"{dataset}_{row}.yaml", *budget_config_paths(config_dir, budget)]
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"config {path} not found (pass --config-dir, the folder holding configs/vqvae/)")
     dotlist = []
-    if epochs is not None:
-        dotlist.append(f"lightning.trainer.max_epochs={epochs}")
+    if epochs is not None:  # epochs rule: the budget's step limit is lifted unless max_steps is given too
+        dotlist += [f"lightning.trainer.max_epochs={epochs}", f"lightning.trainer.max_steps={max_steps or -1}"]
     if batch_size is not None:
         dotlist.append(f"data.params.batch_size={batch_size}")
     if max_steps is not None:
