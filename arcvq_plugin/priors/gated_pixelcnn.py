@@ -65,12 +65,12 @@ class GatedPixelCNN(nn.Module):
 
     Args:
         codebook_size: K >= 2.
-        hidden: channels of both stacks (64).
+        hidden: channels of both stacks (32).
         n_layers: gated layers >= 1, the first strictly causal (6).
         kernel_size: odd >= 3 (3); the receptive field grows by ``kernel_size // 2`` per layer.
     """
 
-    def __init__(self, codebook_size: int, hidden: int = 64, n_layers: int = 6, kernel_size: int = 3):
+    def __init__(self, codebook_size: int, hidden: int = 32, n_layers: int = 6, kernel_size: int = 3):
         super().__init__()
         for name, value, low in (("codebook_size", codebook_size, 2), ("hidden", hidden, 1), ("n_layers", n_layers, 1)):
             if not isinstance(value, int) or value < low:
