@@ -25,7 +25,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 
 from .all_gather import all_gather_rows
 from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
-from .norm_bound import clip_rows_to_radius_
+from .norm_bound import clip_rows_to_radius_, log_row_norms
 from .schedules import arc_weight, log_radius, radius
 from .validation import check_bool, check_int, check_real
 
@@ -115,6 +115,8 @@ class ArcQuantizer(VectorQuantizer2):
         self.check_finite = check_finite
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))
         self.register_buffer("code_counts", torch.zeros(n_e), persistent=False)
+        # fraction of codes the last norm-bound step actually moved (0-dim, on the device: no host sync)
+        self.register_buffer("clipped_fraction", torch.zeros(()), persistent=False)
         self.loss_breakdown: dict[str, torch.Tensor] = {}
         self._forwards_since_step = 0
         self._warned_unbounded = False
@@ -133,11 +135,18 @@ class ArcQuantizer(VectorQuantizer2):
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Advance the clock by one step, then clip every code to the ball of radius R(clock)."""
+        """Advance the clock by one step, then clip every code to the ball of radius R(clock).
+
+        ``clipped_fraction`` records the fraction of codes this step moved onto the sphere (the rows
+        whose norm exceeds R(clock)), as a device tensor.
+        """
         self.clock += 1
         self._forwards_since_step = 0
         if self.use_bbnr:
-            clip_rows_to_radius_(self.embedding.weight, log_radius(self.bbnr_alpha, self.clock))
+            log_bound = log_radius(self.bbnr_alpha, self.clock)
+            log_norms = log_row_norms(self.embedding.weight)
+            self.clipped_fraction.copy_((log_norms > log_bound.to(log_norms)).float().mean())
+            clip_rows_to_radius_(self.embedding.weight, log_bound)
 
     @contextlib.contextmanager
     def passive(self) -> Iterator["ArcQuantizer"]:

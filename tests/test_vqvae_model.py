@@ -77,6 +77,7 @@ def test_rows_differ_only_in_quantizer_and_callbacks(dataset):
     assert all(s == stripped[0] for s in stripped)
     base = configs["arcvq"]
     assert base.data.params.batch_size == 1024 and base.lightning.trainer.max_epochs == 500
+    assert base.data.target == "arcvq_plugin.data.device_batches.DeviceDataModule"
     params = base.model.params
     assert (params.hidden_channels, params.n_res_layers, params.res_hidden_channels) == (128, 2, 32)
     assert (params.n_embed, params.embed_dim, base.model.base_learning_rate) == (512, 64, 3e-4)
@@ -91,20 +92,43 @@ def test_rows_differ_only_in_quantizer_and_callbacks(dataset):
     assert type(model.quantize) is VectorQuantizer2 and model.encoder.net[0].in_channels == (1 if dataset == "mnist" else 3)
 
 
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_fixed_bound_row_differs_from_arcvq_only_in_its_keys(dataset):
+    """Appendix D.4's row: the arcvq config with bbnr_alpha = 0 (R(t) = 1), nothing else changed."""
+    arcvq = _leaves(OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{dataset}_arcvq.yaml")))
+    fixed = _leaves(OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{dataset}_arcvq_fixed_bound.yaml")))
+    assert set(arcvq) == set(fixed)
+    changed = {key for key in arcvq if arcvq[key] != fixed[key]}
+    assert changed == {"model.params.quantizer_config.params.bbnr_alpha"}
+    assert fixed["model.params.quantizer_config.params.bbnr_alpha"] == 0.0
+    quantizer = instantiate_from_config(OmegaConf.load(CONFIGS / f"{dataset}_arcvq_fixed_bound.yaml").model).quantize
+    quantizer.clock.fill_(100_000)
+    assert float(quantizer.radius) == 1.0
+
+
 def test_reduced_budget_is_an_override():
     config = load_configs([str(CONFIGS / "mnist_arcvq.yaml"), str(CONFIGS / "reduced_budget.yaml")])
-    assert config.data.params.batch_size == 256 and config.lightning.trainer.max_epochs == 3
+    assert config.data.params.batch_size == 32 and config.lightning.trainer.max_steps == 250
+    # --epochs means epochs: the budget's step limit no longer cuts them short
+    assert row_config(CONFIGS, "mnist", "arcvq", epochs=3, batch_size=256).lightning.trainer == {"max_epochs": 3, "max_steps": -1}
+    assert row_config(CONFIGS, "mnist", "arcvq", budget="paper").lightning.trainer == {"max_epochs": 500}
     assert config.model == OmegaConf.load(CONFIGS / "mnist_arcvq.yaml").model
 
 
 @pytest.mark.parametrize("row", ROWS)
-def test_each_mnist_row_trains_from_its_config(row):
+def test_each_mnist_row_trains_from_its_config(row, one_thread):
     config = row_config(CONFIGS, "mnist", row, epochs=1, batch_size=8, limit_train=16, limit_test=8)
     torch.manual_seed(0)
     before = instantiate_from_config(config.model).state_dict()
-    model, seconds = train_row(config, seed=0, progress_bar=False)
-    after = model.state_dict()
-    assert seconds > 0 and model.learning_rate == 3e-4
+    trained = train_row(config, seed=0, progress_bar=False, device="cpu")
+    model, after = trained.model, trained.model.state_dict()
+    assert trained.seconds > 0 and trained.cpu_seconds > 0 and model.learning_rate == 3e-4
     assert not torch.equal(before["encoder.net.0.weight"], after["encoder.net.0.weight"])
     assert not torch.equal(before["quantize.embedding.weight"], after["quantize.embedding.weight"])
     if row == "vq":
@@ -119,3 +143,32 @@ def test_each_mnist_row_trains_from_its_config(row):
     if quantizer.use_bbnr:
         norms = quantizer.embedding.weight.detach().norm(dim=1)
         assert float(norms.max()) <= float(quantizer.radius) * (1 + 1e-5)
+        # the per-step record of the bound ends with the quantizer's own last value
+        assert trained.clipped_fraction.shape == (2,)
+        assert float(trained.clipped_fraction[-1]) == float(quantizer.clipped_fraction)
+    else:
+        assert trained.clipped_fraction is None
+
+
+def test_vqvae_is_an_arcvq_tokens_tokenizer():
+    """taming's first-stage layout: arcvq-tokens encodes and decodes a VQVAE like a VQGAN."""
+    from arcvq_plugin.tokens import decode_indices, encode_indices, tokenizer_of
+
+    model = VQVAE(hidden_channels=16, res_hidden_channels=8, n_embed=32, embed_dim=4,
+                  quantizer_config={"target": "arcvq_plugin.ArcQuantizer"}).eval()
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    indices = encode_indices(tokenizer_of(model), x)
+    z_q, _, (_, _, codes) = model.encode(x)
+    assert indices.shape == (3, 7, 7) and torch.equal(indices.reshape(-1), codes.reshape(-1))
+    assert torch.allclose(decode_indices(model, indices), model.decode(z_q), atol=1e-5)  # z_q is straight-through
+
+
+def test_uint8_batches_convert_exactly_like_the_float_items():
+    from arcvq_plugin.data.image_folder import UInt8ImageArray
+
+    pixels = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    dataset = UInt8ImageArray(pixels.numpy())
+    model = VQVAE(hidden_channels=16, res_hidden_channels=8)
+    from_items = model.get_input({"image": torch.stack([dataset[i]["image"] for i in range(5)])})
+    from_uint8 = model.get_input({"image": dataset.pixels})
+    assert from_uint8.dtype == torch.float32 and torch.equal(from_uint8, from_items)

@@ -24,20 +24,25 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", "
 
 
 def uint8_to_signed_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Map uint8 pixels {0..255} to float32 in [-1, 1] (``x / 127.5 - 1``), shape unchanged."""
-    array = np.asarray(images, dtype=np.float32)  # a new, writable array
-    return torch.from_numpy(array / np.float32(127.5) - np.float32(1.0))
+    """Map uint8 pixels {0..255} to float32 in [-1, 1] (``x / 127.5 - 1`` in float32), shape unchanged.
+
+    A tensor stays on its device (the VQ-VAE converts whole uint8 batches on the GPU this way).
+    """
+    tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))  # writable copy
+    return tensor.to(torch.float32) / 127.5 - 1.0
 
 
 class UInt8ImageArray(Dataset):
-    """Images held in memory as one uint8 array (N, H, W) or (N, H, W, C).
+    """Images held in memory as one uint8 tensor ``pixels`` (N, H, W, C).
 
     Args:
         images: uint8 array (N, H, W) (grey, a channel axis of 1 is added) or (N, H, W, C).
         labels: optional int array (N,), returned as ``"class_label"``.
         limit: keep only the first ``limit`` images (>= 1); None keeps all.
 
-    Items: ``{"image": (H, W, C) float32 in [-1, 1], "class_label": int}`` (label only when given).
+    Items: ``{"image": (H, W, C) float32 in [-1, 1], "class_label": int}`` (label only when given),
+    converted one at a time. ``pixels`` is what ``arcvq_plugin.data.device_batches`` puts on the
+    device whole and serves in batches.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, limit: int | None = None):
@@ -53,14 +58,14 @@ class UInt8ImageArray(Dataset):
             labels = None if labels is None else labels[:limit]
         if images.ndim == 3:
             images = images[..., None]
-        self.images = uint8_to_signed_unit(images)
+        self.pixels = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.pixels.shape[0]
 
     def __getitem__(self, index: int) -> dict:
-        example = {"image": self.images[index]}
+        example = {"image": uint8_to_signed_unit(self.pixels[index])}
         if self.labels is not None:
             example["class_label"] = int(self.labels[index])
         return example
@@ -70,7 +75,7 @@ class UInt8ImageArray(Dataset):
 
         The VQ-VAE's reconstruction loss is the MSE divided by this number (METHOD.md).
         """
-        return float(self.images.to(torch.float64).var(unbiased=False))
+        return float(uint8_to_signed_unit(self.pixels).to(torch.float64).var(unbiased=False))
 
 
 class ImageFolder(Dataset):

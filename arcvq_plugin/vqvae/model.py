@@ -1,8 +1,12 @@
 """The paper's small VQ-VAE (MNIST / CIFAR-10) as a LightningModule with a configurable quantiser.
 
-    x (B, C, H, W) in [-1, 1] --Encoder--> (B, hidden, H/4, W/4) --1x1 conv--> z (B, D, H/4, W/4)
+    x (B, C, H, W) in [-1, 1] --Encoder--> (B, hidden, H/4, W/4) --quant_conv (1x1)--> z (B, D, H/4, W/4)
       --quantizer--> z_q --Decoder--> x_rec (B, C, H, W)
     loss = mse(x_rec, x) / data_variance + quantizer loss
+
+The parts carry taming's first-stage names (``encoder``, ``quant_conv``, ``quantize``,
+``post_quant_conv`` (an identity here: the reference network has no such layer), ``decoder``), so
+``arcvq-tokens`` exports and decodes token grids of a trained VQVAE like any taming tokenizer.
 
 The quantiser comes from ``quantizer_config`` (taming's ``target``/``params``); the rows of the
 paper's ablation are configs (configs/vqvae/). Any quantiser with taming's VectorQuantizer2
@@ -10,7 +14,8 @@ interface works: ``forward(z) -> (z_q, loss, (perplexity, min_encodings, indices
 adds ArcLoss to that loss in training mode, and its clock / norm bound advance only through
 ``arcvq_plugin.NormBoundCallback``: training refuses to start without it in the Trainer's callbacks.
 
-Batches are taming examples: ``batch[image_key]`` is (B, H, W, C) float in [-1, 1].
+Batches are taming examples: ``batch[image_key]`` is (B, H, W, C), float in [-1, 1] or uint8 pixels
+(``arcvq_plugin.data.device_batches``), which are converted on the device with ``x / 127.5 - 1``.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcvq_plugin.data.image_folder import uint8_to_signed_unit
 from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 from arcvq_plugin.quantizer_config import build_quantizer
 from arcvq_plugin.vqvae.networks import Decoder, Encoder
@@ -48,12 +54,15 @@ class VQVAE(pl.LightningModule):
         quantizer_config: ``target``/``params`` of the quantiser; None = taming's VectorQuantizer2.
         image_key: batch key of the images (``"image"``).
         monitor: metric name for checkpoint callbacks (e.g. ``"val/rec_loss"``), stored as taming does.
+        channels_last: keep weights and activations in channels-last (NHWC) memory (default True):
+            the same function, 10-15% faster on the CPU (oneDNN) and on GPUs with tensor cores.
     """
 
     def __init__(self, in_channels: int = 1, hidden_channels: int = 128, n_res_layers: int = 2,
                  res_hidden_channels: int = 32, n_embed: int = 512, embed_dim: int = 64,
                  data_variance: float = 1.0, learning_rate: float = 3e-4,
-                 quantizer_config: Mapping | None = None, image_key: str = "image", monitor: str | None = None):
+                 quantizer_config: Mapping | None = None, image_key: str = "image", monitor: str | None = None,
+                 channels_last: bool = True):
         super().__init__()
         for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
             if not isinstance(value, int) or value < 1:
@@ -64,9 +73,10 @@ class VQVAE(pl.LightningModule):
             raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
         self.save_hyperparameters()
         self.encoder = Encoder(in_channels, hidden_channels, n_res_layers, res_hidden_channels)
-        self.pre_quant = nn.Conv2d(hidden_channels, embed_dim, kernel_size=1)
+        self.quant_conv = nn.Conv2d(hidden_channels, embed_dim, kernel_size=1)
         self.quantize = build_quantizer(DEFAULT_QUANTIZER if quantizer_config is None else quantizer_config,
                                         n_embed, embed_dim)
+        self.post_quant_conv = nn.Identity()
         self.decoder = Decoder(embed_dim, hidden_channels, n_res_layers, res_hidden_channels, in_channels)
         self.n_embed = n_embed
         self.data_variance = float(data_variance)
@@ -74,14 +84,16 @@ class VQVAE(pl.LightningModule):
         self.image_key = image_key
         if monitor is not None:
             self.monitor = monitor
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, Any, torch.Tensor]]:
         """(B, C, H, W) -> (z_q (B, D, H/4, W/4), quantiser loss, (perplexity, encodings, indices))."""
-        return self.quantize(self.pre_quant(self.encoder(x)))
+        return self.quantize(self.quant_conv(self.encoder(x)))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, C, 4h, 4w) reconstruction in the data scale ([-1, 1], unclamped)."""
-        return self.decoder(z_q)
+        return self.decoder(self.post_quant_conv(z_q))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, Any, torch.Tensor]]:
         """(B, C, H, W) -> (reconstruction (B, C, H, W), quantiser loss, quantiser info)."""
@@ -89,11 +101,14 @@ class VQVAE(pl.LightningModule):
         return self.decode(z_q), q_loss, info
 
     def get_input(self, batch: Mapping) -> torch.Tensor:
-        """taming example batch (B, H, W, C) -> contiguous float (B, C, H, W)."""
+        """taming example batch (B, H, W, C), float in [-1, 1] or uint8 -> float (B, C, H, W) in [-1, 1],
+        in the model's memory format (channels-last by default)."""
         x = batch[self.image_key]
         if x.ndim == 3:
             x = x[..., None]
-        return x.permute(0, 3, 1, 2).to(memory_format=torch.contiguous_format).float()
+        if x.dtype == torch.uint8:
+            x = uint8_to_signed_unit(x)
+        return x.permute(0, 3, 1, 2).float().contiguous(memory_format=self.memory_format)
 
     def _losses(self, batch: Mapping) -> dict[str, torch.Tensor]:
         x = self.get_input(batch)

@@ -9,7 +9,7 @@ Decoder (latents (B, D, H/4, W/4) -> image (B, C, H, W), unbounded):
 The reference blocks are ``x + Sequential(ReLU(inplace=True), conv, ReLU, conv)(x)``: the in-place
 ReLU rewrites ``x`` before the sum, so the skip carries ``relu(x)``. ``ResidualBlock`` computes that
 same function without the in-place trick.
-The 1x1 convolution from hidden to the code dimension D sits in ``VQVAE`` (``pre_quant``), as
+The 1x1 convolution from hidden to the code dimension D sits in ``VQVAE`` (``quant_conv``), as
 ``_pre_vq_conv`` does in the reference model. H and W must be multiples of 4.
 """
 from __future__ import annotations

@@ -1,21 +1,34 @@
-"""The ablation table: the paper's layout, per-seed rows, seed means and the paper's numbers beside.
+"""The tables of ``arcvq-reproduce``: per-seed rows, mean +- std, paired differences, the paper's numbers.
 
-``results`` (what ``reproduce`` writes to results.json under ``"rows"``) maps a row name to
-``{"seeds": {seed: metrics}, "mean": metrics}``, where metrics has ``psnr, ssim, lpips, rfid``
-(None when unavailable), ``usage`` (fraction), ``perplexity``, ``dead_codes`` and ``train_seconds``.
+A *table* (what ``reproduce`` writes to results.json) is a dict::
+
+    {"name": "ablation" | "sweep_<key>", "title": str, "reference": row name,
+     "rows": {row: {"label", "sweep": {"key", "value"} | None, "seeds": {seed: metrics},
+                    "summary": {metric: {"mean", "std", "n"}}, "mean": {metric: mean}}},
+     "differences": {row: {metric: statistics.paired_difference(...)}}}
+
+``metrics`` has ``psnr, ssim, lpips, rfid`` (None when not computed), ``usage`` (fraction),
+``used_codes``, ``perplexity``, ``dead_codes``, ``mean_code_norm``, ``clipped_last`` (fraction
+of codes the norm bound clipped at the last step, None without BBNR), ``train_seconds`` and
+``train_cpu_seconds``. The paper's numbers come from its Tables 1/6 (ablation), 11 (cosine
+matching, CIFAR-10), 12 (fixed bound R = 1), 4 (top-k, m, s) and 5 (code dimension, FFHQ).
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["PAPER_RESULTS", "ROW_LABELS", "format_table", "mean_metrics"]
+from arcvq_plugin.vqvae.statistics import paired_difference, seed_summary
+
+__all__ = ["DIFFERENCE_METRICS", "METRIC_KEYS", "PAPER_RESULTS", "PAPER_SWEEPS", "ROW_LABELS", "build_table",
+           "format_table", "paper_lines"]
 
 ROW_LABELS: dict[str, str] = {
     "vq": "VQ-VAE",
     "cosine": "cosine matching only",
     "bbnr": "+ BBNR",
     "arcvq": "ArcVQ-VAE",
+    "arcvq_fixed_bound": "ArcVQ-VAE, fixed bound R = 1",
 }
 
 # The paper's tables (500 epochs, batch 1024); None: not reported for that row.
@@ -25,62 +38,172 @@ PAPER_RESULTS: dict[str, dict[str, dict[str, Optional[float]]]] = {
         "cosine": {"psnr": None, "ssim": None, "lpips": None, "rfid": None},
         "bbnr": {"psnr": 27.39, "ssim": 0.9814, "lpips": None, "rfid": 2.71},
         "arcvq": {"psnr": 28.01, "ssim": 0.9840, "lpips": 0.0217, "rfid": 1.68},
+        "arcvq_fixed_bound": {"psnr": 27.47, "ssim": 0.9786, "lpips": 0.0257, "rfid": 1.97},
     },
     "cifar10": {
         "vq": {"psnr": 23.32, "ssim": 0.8595, "lpips": 0.2504, "rfid": 39.67},
-        "cosine": {"psnr": 23.37, "ssim": 0.8607, "lpips": None, "rfid": None},
+        "cosine": {"psnr": 23.37, "ssim": 0.8607, "lpips": 0.2466, "rfid": 39.04},
         "bbnr": {"psnr": 23.97, "ssim": 0.8774, "lpips": None, "rfid": 35.18},
         "arcvq": {"psnr": 24.78, "ssim": 0.8989, "lpips": 0.1857, "rfid": 26.91},
+        "arcvq_fixed_bound": {"psnr": 24.01, "ssim": 0.8797, "lpips": 0.2112, "rfid": 30.70},
     },
 }
+PAPER_NOTES: dict[str, str] = {
+    "mnist": "Tables 1 and 6; the fixed-bound row is Table 12 (Appendix D.4, whose ArcVQ-VAE row reads "
+             "28.13 / 0.9843 / 0.0213 / 1.59); cosine matching only is reported for CIFAR-10 only.",
+    "cifar10": "Tables 1 and 6; cosine matching only is Table 11 (Appendix D.3); the fixed-bound row is "
+               "Table 12 (Appendix D.4, whose ArcVQ-VAE row reads 24.71 / 0.8976 / 0.1928 / 27.17).",
+}
 
-METRIC_KEYS = ("psnr", "ssim", "lpips", "rfid", "usage", "perplexity", "dead_codes", "train_seconds")
+# Table 4 (ArcVQ-VAE, MNIST and CIFAR-10): value -> (PSNR, SSIM, rFID); Table 5 (FFHQ, VQGAN with
+# K = 1024): D -> (mean code norm, usage, PSNR, SSIM, rFID).
+PAPER_SWEEPS: dict[str, dict[str, Any]] = {
+    "arc_top_k": {"source": "Table 4", "columns": ("psnr", "ssim", "rfid"), "values": {
+        "mnist": {1: (28.07, 0.9841, 1.70), 3: (28.01, 0.9840, 1.68), 8: (28.19, 0.9844, 1.72)},
+        "cifar10": {1: (24.70, 0.8990, 27.08), 3: (24.78, 0.8989, 26.91), 8: (24.69, 0.8966, 27.02)}}},
+    "arc_m": {"source": "Table 4", "columns": ("psnr", "ssim", "rfid"), "values": {
+        "mnist": {0.1: (28.01, 0.9840, 1.68), 0.5: (28.05, 0.9840, 1.77), 1.0: (28.03, 0.9844, 1.72)},
+        "cifar10": {0.1: (24.78, 0.8989, 26.91), 0.5: (24.75, 0.8980, 27.93), 1.0: (24.68, 0.8965, 28.52)}}},
+    "arc_s": {"source": "Table 4", "columns": ("psnr", "ssim", "rfid"), "values": {
+        "mnist": {5: (28.03, 0.9839, 1.65), 10: (28.01, 0.9840, 1.68), 20: (27.92, 0.9835, 1.87)},
+        "cifar10": {5: (24.65, 0.8980, 26.83), 10: (24.78, 0.8989, 26.91), 20: (23.95, 0.8970, 28.90)}}},
+    "embed_dim": {"source": "Table 5 (FFHQ, the VQGAN tokenizer with K = 1024, not this VQ-VAE)",
+                  "columns": ("mean_code_norm", "usage", "psnr", "ssim", "rfid"), "values": {
+        "any": {4: (1.81, 0.98, 25.69, 0.8021, 2.71), 8: (1.95, 0.87, 26.71, 0.8124, 2.24),
+                16: (2.64, 0.78, 26.28, 0.8128, 2.14)}}},
+}
+
+METRIC_KEYS = ("psnr", "ssim", "lpips", "rfid", "usage", "used_codes", "perplexity", "dead_codes", "mean_code_norm",
+               "clipped_last", "train_seconds", "train_cpu_seconds")
+DIFFERENCE_METRICS = ("psnr", "ssim", "lpips", "rfid", "usage")
+_DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "rfid": 2, "usage": 1, "used_codes": 0, "perplexity": 1,
+           "mean_code_norm": 3, "clipped_last": 1, "train_seconds": 0, "train_cpu_seconds": 0}
+_PERCENT = ("usage", "clipped_last")
+_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "rfid": "rFID", "usage": "usage %",
+          "used_codes": "codes used", "perplexity": "perplexity", "mean_code_norm": "mean code norm",
+          "clipped_last": "clipped at last step %", "train_seconds": "train s", "train_cpu_seconds": "train CPU s"}
 
 
-def mean_metrics(per_seed: Sequence[Mapping]) -> dict:
-    """Average each metric over seeds; a metric missing (None) in any seed is None."""
-    if not per_seed:
-        raise ValueError("per_seed must hold at least one seed's metrics")
-    mean = {}
-    for key in METRIC_KEYS:
-        values = [m.get(key) for m in per_seed]
-        mean[key] = None if any(v is None for v in values) else sum(values) / len(values)
-    return mean
+def build_table(name: str, title: str, reference: str, rows: Mapping[str, Mapping]) -> dict:
+    """A table dict (module doc) from ``rows``: ``{row: {"label", "sweep", "seeds": {seed: metrics}}}``.
+
+    Adds each row's ``summary`` (mean, std, n per metric) and ``mean``, and the paired differences
+    ``reference - row`` of :data:`DIFFERENCE_METRICS` for every other row.
+    """
+    if reference not in rows:
+        raise ValueError(f"reference row {reference!r} is not among the rows {list(rows)}")
+    table_rows = {}
+    for row, entry in rows.items():
+        seeds = {int(s): dict(m) for s, m in entry["seeds"].items()}
+        if not seeds:
+            raise ValueError(f"row {row!r} has no seed")
+        summary = {key: seed_summary([m.get(key) for m in seeds.values()]) for key in METRIC_KEYS}
+        table_rows[row] = {"label": entry["label"], "sweep": entry.get("sweep"), "seeds": seeds,
+                           "summary": summary, "mean": {k: v["mean"] for k, v in summary.items()}}
+    reference_seeds = table_rows[reference]["seeds"]
+    differences = {}
+    for row, entry in table_rows.items():
+        if row == reference:
+            continue
+        differences[row] = {}
+        for metric in DIFFERENCE_METRICS:
+            d = paired_difference({s: m.get(metric) for s, m in reference_seeds.items()},
+                                  {s: m.get(metric) for s, m in entry["seeds"].items()})
+            if d is not None:
+                differences[row][metric] = d
+    return {"name": name, "title": title, "reference": reference, "rows": table_rows, "differences": differences}
 
 
-def _cell(value: Optional[float], digits: int, scale: float = 1.0) -> str:
+def _number(value: Optional[float], metric: str, signed: bool = False) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return f"{value * scale:.{digits}f}"
+    scale = 100.0 if metric in _PERCENT else 1.0
+    return f"{value * scale:{'+' if signed else ''}.{_DIGITS.get(metric, 3)}f}"
 
 
-def _metric_cells(m: Mapping, n_e: int) -> list[str]:
-    used = None if m.get("usage") is None else m["usage"] * n_e
-    return [_cell(m.get("psnr"), 2), _cell(m.get("ssim"), 4), _cell(m.get("lpips"), 4), _cell(m.get("rfid"), 2),
-            _cell(m.get("usage"), 1, 100.0), _cell(used, 0), _cell(m.get("perplexity"), 1),
-            _cell(m.get("train_seconds"), 0)]
+def _mean_std(summary: Mapping, metric: str) -> str:
+    s = summary[metric]
+    if s["mean"] is None:
+        return "n/a"
+    return _number(s["mean"], metric) + ("" if s["std"] is None else f" ± {_number(s['std'], metric)}")
 
 
-def format_table(results: Mapping[str, Mapping], dataset: str, n_e: int, title: str) -> str:
-    """Markdown: one line per row and seed, the seed mean, then the paper's table for ``dataset``."""
-    header = ("| Method | seed | PSNR | SSIM | LPIPS | rFID | usage % | codes used | perplexity | train s |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
-    lines = [f"### {title}", "", header]
-    for row, result in results.items():
-        label = ROW_LABELS.get(row, row)
-        seeds = result["seeds"]
-        for seed, metrics in seeds.items():
-            lines.append("| " + " | ".join([label, str(seed)] + _metric_cells(metrics, n_e)) + " |")
-        if len(seeds) > 1:
-            lines.append("| " + " | ".join([f"**{label}**", "**mean**"] + _metric_cells(result["mean"], n_e)) + " |")
-    paper = PAPER_RESULTS.get(dataset)
-    if paper is not None:
-        lines += ["", f"Paper ({dataset}, 500 epochs, batch 1024):", "",
-                  "| Method | PSNR | SSIM | LPIPS | rFID |", "|---|---|---|---|---|"]
-        for row in results:
+def _difference_cell(d: Optional[Mapping], metric: str) -> str:
+    if d is None:
+        return "n/a"
+    cell = _number(d["mean"], metric, signed=True)
+    if d["interval"] is not None:
+        low, high = d["interval"]
+        cell += f" [{_number(low, metric, signed=True)}, {_number(high, metric, signed=True)}]"
+    return cell
+
+
+def _resolved(differences: Mapping[str, Mapping]) -> str:
+    verdicts = []
+    for metric, d in differences.items():
+        if d["resolved"] is None:
+            continue
+        verdicts.append(f"{_NAMES[metric]}: {'yes' if d['resolved'] else 'no'}")
+    return ", ".join(verdicts) if verdicts else "no interval (1 seed)"
+
+
+def paper_lines(table: Mapping, dataset: str) -> list[str]:
+    """The paper's numbers for the rows of ``table`` (markdown lines), or a line saying there are none."""
+    sweep_key = table["name"][len("sweep_"):] if table["name"].startswith("sweep_") else None
+    if sweep_key is None:
+        paper = PAPER_RESULTS.get(dataset)
+        if paper is None:
+            return [f"The paper reports no {dataset} ablation."]
+        lines = [f"Paper ({dataset}, 500 epochs, batch 1024; {PAPER_NOTES[dataset]}):", "",
+                 "| Method | PSNR | SSIM | LPIPS | rFID |", "|---|---|---|---|---|"]
+        for row, entry in table["rows"].items():
             p = paper.get(row, {})
-            lines.append(f"| {ROW_LABELS.get(row, row)} | {_cell(p.get('psnr'), 2)} | {_cell(p.get('ssim'), 4)} | "
-                         f"{_cell(p.get('lpips'), 4)} | {_cell(p.get('rfid'), 2)} |")
+            lines.append(f"| {entry['label']} | {_number(p.get('psnr'), 'psnr')} | {_number(p.get('ssim'), 'ssim')} | "
+                         f"{_number(p.get('lpips'), 'lpips')} | {_number(p.get('rfid'), 'rfid')} |")
+        return lines
+    paper = PAPER_SWEEPS.get(sweep_key)
+    values = None if paper is None else paper["values"].get(dataset, paper["values"].get("any"))
+    if values is None:
+        return [f"The paper reports no sweep of {sweep_key} on {dataset}."]
+    columns = paper["columns"]
+    lines = [f"Paper, {paper['source']} (ArcVQ-VAE, 500 epochs):", "",
+             f"| {sweep_key} | " + " | ".join(_NAMES[c] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for value, numbers in values.items():
+        lines.append(f"| {value} | " + " | ".join(_number(n, c) for n, c in zip(numbers, columns)) + " |")
+    return lines
+
+
+def format_table(table: Mapping, dataset: str, notes: Sequence[str] = ()) -> str:
+    """Markdown: every seed, mean +- std per row, the paired differences, then the paper's numbers."""
+    columns = ("psnr", "ssim", "lpips", "rfid", "usage", "used_codes", "perplexity", "mean_code_norm",
+               "clipped_last", "train_seconds")
+    header = "| " + " | ".join(_NAMES[c] for c in columns) + " |"
+    rule = "|---" * (len(columns) + 2) + "|"
+    lines = [f"### {table['title']}", ""] + [f"{note}" for note in notes] + ([""] if notes else [])
+    lines += ["Every seed:", "", "| Method | seed " + header, rule]
+    for entry in table["rows"].values():
+        for seed, metrics in entry["seeds"].items():
+            lines.append(f"| {entry['label']} | {seed} | " + " | ".join(_number(metrics.get(c), c) for c in columns) + " |")
+    n_seeds = max(len(e["seeds"]) for e in table["rows"].values())
+    lines += ["", f"Mean ± standard deviation over seeds (sample std, ddof 1):", "",
+              "| Method | seeds " + header, rule]
+    for entry in table["rows"].values():
+        lines.append(f"| {entry['label']} | {len(entry['seeds'])} | "
+                     + " | ".join(_mean_std(entry["summary"], c) for c in columns) + " |")
+    reference = table["rows"][table["reference"]]["label"]
+    if table["differences"]:
+        metrics = [m for m in ("psnr", "ssim", "usage", "lpips", "rfid")
+                   if any(m in d for d in table["differences"].values())]
+        interval = ("no interval with 1 seed" if n_seeds == 1 else
+                    f"95% t-interval over seeds in brackets{' (fewer than 3 seeds: 1 degree of freedom, t = 12.71)' if n_seeds == 2 else ''}")
+        lines += ["", f"{reference} minus each row, paired by seed (same seed, same data order); {interval}; "
+                      "resolved = the interval excludes 0:", "",
+                  f"| {reference} minus | " + " | ".join(f"Δ {_NAMES[m]}" for m in metrics) + " | resolved at this budget |",
+                  "|---" * (len(metrics) + 2) + "|"]
+        for row, diffs in table["differences"].items():
+            lines.append(f"| {table['rows'][row]['label']} | "
+                         + " | ".join(_difference_cell(diffs.get(m), m) for m in metrics) + f" | {_resolved(diffs)} |")
+    lines += [""] + paper_lines(table, dataset)
     return "\n".join(lines) + "\n"
