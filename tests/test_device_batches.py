@@ -3,17 +3,17 @@ import pytest
 import torch
 
 from arcvq_plugin.data.device_batches import DeviceBatches, DeviceDataModule
-from arcvq_plugin.data.module import EpochSeededRandomSampler
+from arcvq_plugin.data.resumable import ResumableSampler
 
 
 def _pixels(n):
     return torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 2, 2, 1).contiguous()
 
 
-def test_training_order_is_the_epoch_seeded_samplers():
+def test_training_order_is_the_resumable_loaders():
     pixels = _pixels(10)
     batches = DeviceBatches(pixels, batch_size=4, shuffle_seed=7)
-    sampler = EpochSeededRandomSampler(range(10), seed=7)
+    sampler = ResumableSampler(range(10), seed=7)
     for epoch in (0, 3):
         batches.sampler.set_epoch(epoch)
         sampler.set_epoch(epoch)

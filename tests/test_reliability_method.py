@@ -134,7 +134,7 @@ def test_vqvae_network_is_the_reference_layer_by_layer(in_channels, size):
     model = VQVAE(in_channels=in_channels, hidden_channels=hidden, n_res_layers=n_res,
                   res_hidden_channels=res_hidden, n_embed=512, embed_dim=embed_dim)
     expected = reference_layers(in_channels, hidden, n_res, res_hidden, embed_dim)
-    ours = (_layers(model.encoder), _layers(model.pre_quant), _layers(model.decoder))
+    ours = (_layers(model.encoder), _layers(model.quant_conv), _layers(model.decoder))
     for part, reference, layers in zip(("encoder", "pre_quant", "decoder"), expected, ours):
         assert [_describe(layer) for layer in layers] == reference, part
         for layer, (kind, cin, cout, k, _, _) in zip(layers, reference):
@@ -142,7 +142,7 @@ def test_vqvae_network_is_the_reference_layer_by_layer(in_channels, size):
     x = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(7))
     z_ref, x_rec_ref = _reference_forward(x, *ours, n_res)
     with torch.no_grad():
-        z = model.pre_quant(model.encoder(x))
+        z = model.quant_conv(model.encoder(x))
         x_rec = model.decode(z)
     assert z.shape == (2, embed_dim, size // 4, size // 4) and x_rec.shape == x.shape
     torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ collation, a host-to-device copy per batch, worker processes) costs more than th
 by indexing that tensor: no workers, no copies, no host syncs. The model converts to float
 (``arcvq_plugin.data.image_folder.uint8_to_signed_unit``, exactly the per-item conversion) on
 the device. The training order is the permutation ``torch.randperm(N, generator seeded with
-seed + epoch)``, the same order as ``data.module.EpochSeededRandomSampler``'s, so switching a
+seed + epoch)``, the same order as ``data.resumable.ResumableSampler``'s (torch's ``DistributedSampler``), so switching a
 config between the two modules keeps every run's data order. Under DDP each rank takes every
 world_size-th index of that permutation, padded to equal length as ``DistributedSampler`` does.
 

@@ -16,8 +16,8 @@ saves the ``state_dict()`` of a training loader that has one and hands it back t
 - the global torch generator is never drawn from (a plain DataLoader draws its workers' base
   seed from it when an epoch's iterator starts, which shifts the training's random stream).
 
-The order is the one ``arcvq_plugin.data.module.EpochSeededRandomSampler`` produced (and
-Lightning's own ``DistributedSampler`` under DDP): resumability changes no run.
+The order is the one the data module's earlier epoch-seeded sampler produced (and Lightning's
+own ``DistributedSampler`` under DDP): resumability changes no run.
 """
 from __future__ import annotations
 
