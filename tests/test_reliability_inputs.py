@@ -19,7 +19,6 @@ from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.evaluation.cli import main as eval_main
 from arcvq_plugin.main import main as train_main
 from arcvq_plugin.tokens import main as tokens_main
-from arcvq_plugin.trainer_cli.config_check import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARCVQ = REPO / "configs" / "taming" / "tiny_arcvq.yaml"
@@ -174,7 +173,7 @@ def test_eval_refuses_an_empty_image_folder(tmp_path, capsys):
     (tmp_path / "fake").mkdir()
     status, err = run_eval(["folders", str(tmp_path / "real"), str(tmp_path / "fake"),
                             "--json", str(tmp_path / "out.json")], capsys)
-    assert status == 2 and f"no images (.png, .jpg" in err and str(tmp_path / "real") in err
+    assert status == 2 and "no images (.png, .jpg" in err and str(tmp_path / "real") in err
     assert not (tmp_path / "out.json").exists()
 
 

@@ -2,7 +2,6 @@
 schedule, the --device/--budget path, checkpoints that arcvq-tokens reads, figures, refusals."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import AtomicOutputs, check_output_path
 from arcvq_plugin.checkpoint_loading import load_checkpoint
 from arcvq_plugin.evaluation.codebook import codebook_metrics
@@ -38,13 +39,6 @@ from arcvq_plugin.evaluation.table import format_table
 __all__ = ["main", "build_parser"]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arcvq-eval", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -54,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     common.add_argument("--no-fid", action="store_true", help="skip rFID")
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    common.add_argument("--batch-size", type=_positive_int, default=50, help="images per LPIPS/FID forward (default 50)")
+    common.add_argument("--batch-size", type=positive_int, default=50, help="images per LPIPS/FID forward (default 50)")
     common.add_argument("--no-quantize", action="store_true", help="score the float images, without the 8-bit PNG rounding")
     common.add_argument("--ssim-win-size", type=int, default=11, help="SSIM window (odd, default 11 as the reference)")
     common.add_argument("--allow-download", action="store_true", help="let lpips/torch-fidelity download missing original weights")
@@ -68,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--base", nargs="*", default=[], help="config yaml(s), merged left to right (default: the checkpoint's own 'config')")
     model.add_argument("--ckpt", required=True, type=Path, help="checkpoint (Lightning .ckpt or a dict with 'state_dict')")
     model.add_argument("--split", default="test", choices=["train", "validation", "test"], help="dataset split (default test)")
-    model.add_argument("--max-images", type=_positive_int, default=None, help="evaluate only the first N images")
+    model.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     model.add_argument("--value-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),
                        help="pixel range of the model's input/output (default -1 1, taming's)")
     model.add_argument("--keep-loss", action="store_true", help="build model.params.lossconfig too (default: replaced by nn.Identity)")

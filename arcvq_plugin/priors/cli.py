@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from arcvq_plugin.cli_arguments import positive_float, positive_int
 from arcvq_plugin.priors.gated_pixelcnn import GatedPixelCNN
 from arcvq_plugin.priors.sampling import sample_grids
 from arcvq_plugin.priors.training import nll_bits_per_token, train_prior
@@ -39,26 +40,6 @@ PAPER_TABLE_13 = {"vq": 57.36, "arcvq": 43.13}
 GRID_IMAGES = 64
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arcvq-prior", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,22 +47,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--train-tokens", type=Path, required=True, help=".npy from arcvq-tokens export --split train")
     train.add_argument("--test-tokens", type=Path, required=True, help=".npy from arcvq-tokens export --split test")
     train.add_argument("--out", type=Path, required=True, help="folder for prior.ckpt and prior.json")
-    train.add_argument("--epochs", type=_positive_int, default=1, help="passes over the train grids (default 1)")
-    train.add_argument("--batch-size", type=_positive_int, default=128, help="grids per step (default 128)")
-    train.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    train.add_argument("--hidden", type=_positive_int, default=32, help="channels of the gated stacks (default 32)")
-    train.add_argument("--layers", type=_positive_int, default=6, help="gated layers (default 6)")
-    train.add_argument("--kernel-size", type=_positive_int, default=3, help="odd kernel size >= 3 (default 3)")
-    train.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimizer steps")
-    train.add_argument("--limit-train", type=_positive_int, default=None, help="train on the first N grids only")
+    train.add_argument("--epochs", type=positive_int, default=1, help="passes over the train grids (default 1)")
+    train.add_argument("--batch-size", type=positive_int, default=128, help="grids per step (default 128)")
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    train.add_argument("--hidden", type=positive_int, default=32, help="channels of the gated stacks (default 32)")
+    train.add_argument("--layers", type=positive_int, default=6, help="gated layers (default 6)")
+    train.add_argument("--kernel-size", type=positive_int, default=3, help="odd kernel size >= 3 (default 3)")
+    train.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimizer steps")
+    train.add_argument("--limit-train", type=positive_int, default=None, help="train on the first N grids only")
     train.add_argument("--seed", type=int, default=1, help="initialisation and data-order seed (default 1)")
     sample = sub.add_parser("sample", help="sample grids, decode them, optionally score them by FID")
     sample.add_argument("--prior", type=Path, required=True, help="prior.ckpt written by train")
     sample.add_argument("--out", type=Path, required=True, help="folder for tokens.npy, samples.png, sample.json")
-    sample.add_argument("--n", type=_positive_int, default=1000, help="grids to sample (default 1000)")
-    sample.add_argument("--temperature", type=_positive_float, default=1.0, help="softmax temperature (default 1)")
+    sample.add_argument("--n", type=positive_int, default=1000, help="grids to sample (default 1000)")
+    sample.add_argument("--temperature", type=positive_float, default=1.0, help="softmax temperature (default 1)")
     sample.add_argument("--seed", type=int, default=1, help="sampling seed (default 1)")
-    sample.add_argument("--batch-size", type=_positive_int, default=1000, help="grids per forward (default 1000)")
+    sample.add_argument("--batch-size", type=positive_int, default=1000, help="grids per forward (default 1000)")
     sample.add_argument("--tokenizer-config", nargs="+", default=None,
                         help="the tokenizer's config(s) (default: the one recorded in the train tokens' sidecar)")
     sample.add_argument("--tokenizer-ckpt", default=None, help="its checkpoint (default: from the sidecar)")
@@ -89,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(needs the FID Inception weights: arcvq-install-metric-weights)")
     sample.add_argument("--fid-split", default="test", choices=("train", "validation", "test"),
                         help="the tokenizer config's split FID compares with (default test)")
-    sample.add_argument("--fid-images", type=_positive_int, default=None,
+    sample.add_argument("--fid-images", type=positive_int, default=None,
                         help="reference images, the first N of the split (default: --n)")
     for command in (train, sample):
         command.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

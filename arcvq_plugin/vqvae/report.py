@@ -187,7 +187,7 @@ def format_table(table: Mapping, dataset: str, notes: Sequence[str] = ()) -> str
         for seed, metrics in entry["seeds"].items():
             lines.append(f"| {entry['label']} | {seed} | " + " | ".join(_number(metrics.get(c), c) for c in columns) + " |")
     n_seeds = max(len(e["seeds"]) for e in table["rows"].values())
-    lines += ["", f"Mean ± standard deviation over seeds (sample std, ddof 1):", "",
+    lines += ["", "Mean ± standard deviation over seeds (sample std, ddof 1):", "",
               "| Method | seeds " + header, rule]
     for entry in table["rows"].values():
         lines.append(f"| {entry['label']} | {len(entry['seeds'])} | "

@@ -49,6 +49,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.schedules import arc_weight, radius
@@ -75,16 +76,6 @@ CUDA_PROGRESS_REFRESH = 50  # steps between progress-bar updates on CUDA (each u
 def default_config_dir() -> Path:
     """``configs/vqvae`` of the source tree this package sits in."""
     return Path(__file__).resolve().parents[2] / "configs" / "vqvae"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def _seed(text: str) -> int:
@@ -135,13 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", type=parse_sweep, action="append", default=[], metavar="KEY=V1,V2,...",
                         help="one table per sweep of a model or quantiser parameter, e.g. arc_top_k=1,3,8, "
                              "arc_m=0.1,0.5,1.0, arc_s=5,10,20, embed_dim=4,8,16 (repeatable)")
-    parser.add_argument("--epochs", type=_positive_int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="training epochs per run (default: the budget's; lifts the budget's step limit)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default: the budget's)")
-    parser.add_argument("--max-steps", type=_positive_int, default=None, help="stop each training after N optimizer steps")
-    parser.add_argument("--limit-train", type=_positive_int, default=None, help="train on the first N images only")
-    parser.add_argument("--limit-test", type=_positive_int, default=None, help="evaluate on the first N test images only")
-    parser.add_argument("--eval-batch-size", type=_positive_int, default=1000, help="test images per forward (default 1000)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: the budget's)")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop each training after N optimizer steps")
+    parser.add_argument("--limit-train", type=positive_int, default=None, help="train on the first N images only")
+    parser.add_argument("--limit-test", type=positive_int, default=None, help="evaluate on the first N test images only")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=1000, help="test images per forward (default 1000)")
     parser.add_argument("--lpips", action="store_true", help="also compute LPIPS (VGG; slow on CPU, needs weights)")
     parser.add_argument("--fid", action="store_true", help="also compute rFID (Inception; slow on CPU, needs weights)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/vqvae_<dataset>)")
