@@ -9,7 +9,6 @@ exactly, and every trainable model class of the touched file trains or is refuse
 """
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,9 @@ import torch
 
 from arcvq_plugin.patching import load_all_series
 from arcvq_plugin.patching.cli import main as arcvq_patch
-from upstream_clones import (assert_same_training_state, build_ldm_clone, git, manifest, newest_run,
-                             run_main, run_script, sha256, snapshot, tiny_config)
+from upstream_clones import (assert_same_training_state, build_ldm_clone, ddp_on_two_cpus, git,
+                             last_checkpoint, manifest, newest_run, run_main, run_script, sha256,
+                             snapshot, tiny_config)
 
 UPSTREAM = "latent-diffusion"
 MANIFEST = manifest(UPSTREAM)
@@ -37,10 +37,6 @@ def config(tmp: Path, name: str, **kwargs) -> Path:
     kwargs.setdefault("data_target", UPSTREAM_DATA)
     kwargs.setdefault("model__params__monitor", None)
     return tiny_config(tmp, name, "ldm/tiny_arcvq_f4.yaml", **kwargs)
-
-
-def last_checkpoint(clone: Path, name: str = "last.ckpt") -> dict:
-    return torch.load(newest_run(clone) / "checkpoints" / name, map_location="cpu", weights_only=True)
 
 
 def test_series_manifest_matches_patches() -> None:
@@ -95,11 +91,7 @@ def test_apply_train_resume_revert_on_one_process(ldm_clone: Path, tmp_path: Pat
 def test_two_processes_with_the_strategy_main_py_picks_for_two_gpus(ldm_clone: Path, tmp_path: Path) -> None:
     clone = ldm_clone
     assert arcvq_patch(["apply", str(clone)]) == 0
-    picked = run_script(clone, "import main; from omegaconf import OmegaConf; print(main.trainer_kwargs_from_config("
-                               "OmegaConf.create({'gpus': '0,1', 'distributed_backend': 'ddp'})))")
-    kwargs = ast.literal_eval(picked.strip().splitlines()[-1])
-    assert kwargs == {"accelerator": "gpu", "devices": "0,1", "strategy": "ddp_find_unused_parameters_true"}
-    ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", kwargs["strategy"]]
+    ddp = ddp_on_two_cpus(clone)
     active = dict(train_length=16, model__params__lossconfig__params__disc_start=0)  # 2 batches per rank
     run_main(clone, config(tmp_path, "ddp_arc", **active), *ddp)
     arc = last_checkpoint(clone)

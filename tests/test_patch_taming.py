@@ -10,7 +10,6 @@ and every model class of the touched file trains or is refused with its reason.
 """
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ import torch
 
 from arcvq_plugin.patching import load_all_series
 from arcvq_plugin.patching.cli import main as arcvq_patch
-from upstream_clones import (assert_same_training_state, build_taming_clone, git, manifest, newest_run,
-                             run_main, run_script, sha256, snapshot, tiny_config)
+from upstream_clones import (assert_same_training_state, build_taming_clone, ddp_on_two_cpus, git,
+                             last_checkpoint, manifest, newest_run, run_main, run_script, sha256,
+                             snapshot, tiny_config)
 
 UPSTREAM = "taming-transformers"
 MANIFEST = manifest(UPSTREAM)
@@ -44,10 +44,6 @@ def config(tmp: Path, name: str, **kwargs) -> Path:
     kwargs.setdefault("model_target", OWN_MODEL)
     kwargs.setdefault("data_target", UPSTREAM_DATA)
     return tiny_config(tmp, name, "taming/tiny_arcvq.yaml", **kwargs)
-
-
-def last_checkpoint(clone: Path, name: str = "last.ckpt") -> dict:
-    return torch.load(newest_run(clone) / "checkpoints" / name, map_location="cpu", weights_only=True)
 
 
 def test_series_manifest_matches_patches() -> None:
@@ -118,11 +114,7 @@ def test_apply_train_resume_revert_on_one_process(taming_clone: Path, tmp_path: 
 
 def test_two_processes_with_the_strategy_main_py_picks_for_two_gpus(patched_clone: Path, tmp_path: Path) -> None:
     clone = patched_clone
-    picked = run_script(clone, "import main; from omegaconf import OmegaConf; print(main.trainer_kwargs_from_config("
-                               "OmegaConf.create({'gpus': '0,1', 'distributed_backend': 'ddp'})))")
-    kwargs = ast.literal_eval(picked.strip().splitlines()[-1])  # printed by the clone's main.py
-    assert kwargs == {"accelerator": "gpu", "devices": "0,1", "strategy": "ddp_find_unused_parameters_true"}
-    ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", kwargs["strategy"]]
+    ddp = ddp_on_two_cpus(clone)
     active = dict(train_length=16, model__params__lossconfig__params__disc_start=0)  # 2 batches per rank
     run_main(clone, config(tmp_path, "ddp_arc", **active), *ddp)
     arc = last_checkpoint(clone)

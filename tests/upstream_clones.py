@@ -194,6 +194,25 @@ def newest_run(clone: Path) -> Path:
     return max((clone / "logs").iterdir(), key=lambda p: p.stat().st_mtime)
 
 
+def last_checkpoint(clone: Path, name: str = "last.ckpt") -> dict:
+    """A checkpoint of the clone's newest run."""
+    import torch
+
+    return torch.load(newest_run(clone) / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def ddp_on_two_cpus(clone: Path) -> list[str]:
+    """The trainer arguments for 2 CPU processes with the strategy the clone's patched main.py picks
+    for ``--gpus 0,1`` (its ``trainer_kwargs_from_config`` on upstream's default backend)."""
+    import ast
+
+    printed = run_script(clone, "import main; from omegaconf import OmegaConf; print(main.trainer_kwargs_from_config("
+                                "OmegaConf.create({'gpus': '0,1', 'distributed_backend': 'ddp'})))")
+    kwargs = ast.literal_eval(printed.strip().splitlines()[-1])
+    assert kwargs == {"accelerator": "gpu", "devices": "0,1", "strategy": "ddp_find_unused_parameters_true"}
+    return ["--accelerator", "cpu", "--devices", "2", "--strategy", kwargs["strategy"]]
+
+
 class SignalAndStop(pl.Callback):
     """Sends SIGUSR1 after training batch ``after`` (counted over epochs) and stops the run there:
     the checkpoint ``kill -USR1`` writes on a cluster before preemption."""
