@@ -15,9 +15,8 @@ norm <= R(t).
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 from einops import rearrange
@@ -26,6 +25,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from .all_gather import all_gather_rows
 from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
 from .norm_bound import clip_rows_to_radius_, log_row_norms
+from .quantizer_contract import QuantizerContract
 from .schedules import arc_weight, log_radius, radius
 from .validation import check_bool, check_int, check_real
 
@@ -35,7 +35,7 @@ UNBOUNDED_FORWARDS_WARNING = 100
 """Training forwards without ``after_optimizer_step()`` after which a (single) warning is issued."""
 
 
-class ArcQuantizer(VectorQuantizer2):
+class ArcQuantizer(QuantizerContract, VectorQuantizer2):
     """Cosine-selection vector quantiser with BBNR and ArcLoss (ArcVQ-VAE).
 
     Args (taming's first, same meaning and defaults):
@@ -120,7 +120,6 @@ class ArcQuantizer(VectorQuantizer2):
         self.loss_breakdown: dict[str, torch.Tensor] = {}
         self._forwards_since_step = 0
         self._warned_unbounded = False
-        self._passive = False
 
     # ---- schedules -------------------------------------------------------------------------
     @property
@@ -148,31 +147,13 @@ class ArcQuantizer(VectorQuantizer2):
             self.clipped_fraction.copy_((log_norms > log_bound.to(log_norms)).float().mean())
             clip_rows_to_radius_(self.embedding.weight, log_bound)
 
-    @contextlib.contextmanager
-    def passive(self) -> Iterator["ArcQuantizer"]:
-        """Forwards inside this block select codes and return the VQ loss only: no ArcLoss, no
-        code counting, ``loss_breakdown`` and the step-less-forward count left as they are.
-
-        For a second pass over a batch that must not train the quantiser twice (the GAN
-        discriminator's fresh reconstructions, see :mod:`arcvq_plugin.gan_training`)."""
-        previous, self._passive = self._passive, True
-        try:
-            yield self
-        finally:
-            self._passive = previous
-
     def reset_code_counts(self) -> None:
         """Zero ``code_counts`` (per-code selection counts accumulated over forwards)."""
         self.code_counts.zero_()
 
     # ---- forward ---------------------------------------------------------------------------
     def _check_input(self, z: torch.Tensor, temp, rescale_logits, return_logits) -> None:
-        if temp not in (None, 1.0) or rescale_logits or return_logits:
-            raise ValueError("temp, rescale_logits and return_logits exist only for interface "
-                             "compatibility with GumbelQuantize: leave them at their defaults")
-        if z.ndim != 4 or z.shape[1] != self.e_dim:
-            raise ValueError(f"ArcQuantizer expects z of shape (B, e_dim={self.e_dim}, H, W), "
-                             f"got {tuple(z.shape)}")
+        self.check_input(z, temp, rescale_logits, return_logits)
         if self.check_finite and not bool(torch.isfinite(z).all()):
             raise ValueError("ArcQuantizer received non-finite latents (NaN or inf); refusing to "
                              "update the codebook with them")
@@ -229,7 +210,7 @@ class ArcQuantizer(VectorQuantizer2):
             }
         z_q = z + (z_q - z).detach()  # straight-through estimator
         z_q = rearrange(z_q, "b h w c -> b c h w").contiguous()
-        return z_q, loss, (perplexity, None, self._output_indices(indices, z_q))
+        return z_q, loss, (perplexity, None, self.output_indices(indices, z_q))
 
     @torch.no_grad()
     def _count_codes(self, indices: torch.Tensor, record: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,14 +223,6 @@ class ArcQuantizer(VectorQuantizer2):
         p = counts / indices.shape[0]
         perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
         return perplexity, (counts > 0).float().mean()
-
-    def _output_indices(self, indices: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        """Apply taming's remap and index shape conventions to the selected codes (N,)."""
-        if self.remap is not None:
-            indices = self.remap_to_used(indices.reshape(z_q.shape[0], -1)).reshape(-1, 1)
-        if self.sane_index_shape:
-            indices = indices.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
-        return indices
 
     def extra_repr(self) -> str:
         return (f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}, "
