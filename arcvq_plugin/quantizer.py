@@ -2,7 +2,9 @@
 
 Selection by cosine (geodesic nearest neighbour), the RAW code as output, the host quantiser's
 VQ loss on raw vectors, BBNR applied after every optimizer step, ArcLoss folded into the returned
-loss in training mode (METHOD.md sections 1-5)::
+loss in training mode (METHOD.md sections 1-5); the gradient reaches the encoder straight-through
+(the paper) or, with ``gradient_estimator="rotation"``, through the rotation trick
+(:mod:`arcvq_plugin.rotation_trick`)::
 
     quantizer:
       target: arcvq_plugin.ArcQuantizer
@@ -26,6 +28,7 @@ from .all_gather import all_gather_rows
 from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
 from .norm_bound import clip_rows_to_radius_, log_row_norms
 from .quantizer_contract import QuantizerContract
+from .rotation_trick import rotate_onto
 from .schedules import arc_weight, log_radius, radius
 from .validation import check_bool, check_int, check_real
 
@@ -33,6 +36,7 @@ __all__ = ["ArcQuantizer"]
 
 UNBOUNDED_FORWARDS_WARNING = 100
 """Training forwards without ``after_optimizer_step()`` after which a (single) warning is issued."""
+GRADIENT_ESTIMATORS = ("ste", "rotation")
 
 
 class ArcQuantizer(QuantizerContract, VectorQuantizer2):
@@ -59,6 +63,10 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         arc_gather_negatives: under torch.distributed, ArcLoss uses all ranks' latents (default False).
         check_finite: raise on non-finite input instead of poisoning the codebook (default True;
             costs one device-to-host sync per forward).
+        gradient_estimator: how z_q's gradient reaches z: ``"ste"`` (default, the paper and taming:
+            straight-through, copied unchanged) or ``"rotation"`` (the rotation trick of Fifty et al.
+            2024, :func:`arcvq_plugin.rotation_trick.rotate_onto`: through the rotation and rescaling
+            that takes z onto its raw code). Selection, losses and the codebook's gradient are the same.
 
     Every argument is checked here: integers must be ints (a bool is refused), numbers finite, and a
     ValueError names the argument and its allowed range.
@@ -88,6 +96,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         arc_chunk_size: Optional[int] = None,
         arc_gather_negatives: bool = False,
         check_finite: bool = True,
+        gradient_estimator: str = "ste",
     ) -> None:
         n_e, e_dim = check_int("n_e", n_e, minimum=1), check_int("e_dim", e_dim, minimum=1)
         beta = check_real("beta", beta, minimum=0.0)
@@ -102,6 +111,8 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         check_real("arc_gamma", arc_gamma, minimum=0.0)
         check_real("arc_gamma_decay", arc_gamma_decay, minimum=0.0)
         validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size, prefix="arc_")
+        if gradient_estimator not in GRADIENT_ESTIMATORS:
+            raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
                          sane_index_shape=sane_index_shape, legacy=legacy)
         with torch.no_grad():  # eq. 4: random draw (upstream's uniform), then onto the unit sphere
@@ -113,6 +124,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         self.arc_chunk_size = arc_chunk_size
         self.arc_gather_negatives = arc_gather_negatives
         self.check_finite = check_finite
+        self.gradient_estimator = gradient_estimator
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))
         self.register_buffer("code_counts", torch.zeros(n_e), persistent=False)
         # fraction of codes the last norm-bound step actually moved (0-dim, on the device: no host sync)
@@ -208,7 +220,10 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
                 "vq": vq.detach(), "arc": arc.detach(), "arc_weight": weight,
                 "radius": self.radius, "perplexity": perplexity, "usage": usage,
             }
-        z_q = z + (z_q - z).detach()  # straight-through estimator
+        if self.gradient_estimator == "rotation":
+            z_q = rotate_onto(z, z_q)
+        else:
+            z_q = z + (z_q - z).detach()  # straight-through estimator
         z_q = rearrange(z_q, "b h w c -> b c h w").contiguous()
         return z_q, loss, (perplexity, None, self.output_indices(indices, z_q))
 
@@ -229,4 +244,5 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
                 f"use_bbnr={self.use_bbnr}, bbnr_alpha={self.bbnr_alpha}, "
                 f"use_arc_loss={self.use_arc_loss}, arc_s={self.arc_s}, arc_m={self.arc_m}, "
                 f"arc_top_k={self.arc_top_k}, arc_gamma={self.arc_gamma}, "
-                f"arc_gamma_decay={self.arc_gamma_decay}, arc_chunk_size={self.arc_chunk_size}")
+                f"arc_gamma_decay={self.arc_gamma_decay}, arc_chunk_size={self.arc_chunk_size}, "
+                f"gradient_estimator={self.gradient_estimator!r}")
