@@ -58,7 +58,8 @@ def test_update_rule_matches_the_reference_transcription_in_float64(distance):
     for step in range(3):
         z = torch.randn(2, 4, 3, 3, dtype=torch.float64) + 0.5
         z_q, loss, (perplexity, _, indices) = q(z)
-        chosen, ref_zq, ref_loss, ref_perplexity, weight, embed_prob = reference_forward(z, weight, embed_prob, 0.25, distance)
+        chosen, ref_zq, ref_loss, ref_perplexity, weight, embed_prob = reference_forward(
+            z, weight, embed_prob, 0.25, distance)
         assert torch.equal(indices, chosen), step
         torch.testing.assert_close(z_q, ref_zq, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
@@ -82,7 +83,8 @@ def test_l2_forward_and_gradients_equal_vectorquantizer2(legacy):
         z_q, loss, (_, min_encodings, indices) = q(x)
         ((z_q * grad).sum() + loss).backward()
         results.append((z_q.detach(), loss.detach(), indices, min_encodings, x.grad, q.embedding.weight.grad))
-    for mine, upstream, name in zip(results[0], results[1], ("z_q", "loss", "indices", "min_encodings", "z.grad", "codebook.grad")):
+    names = ("z_q", "loss", "indices", "min_encodings", "z.grad", "codebook.grad")
+    for mine, upstream, name in zip(results[0], results[1], names):
         if upstream is None:
             assert mine is None, name
         else:
@@ -97,7 +99,8 @@ def test_remap_and_sane_index_shape_as_vectorquantizer2(tmp_path):
     theirs = VectorQuantizer2(8, 4, beta=0.25, **kwargs).eval()
     theirs.load_state_dict({"embedding.weight": ours.embedding.weight.detach().clone(), "used": theirs.used})
     with torch.no_grad():  # latents at used and unused codes
-        z = ours.embedding.weight[torch.tensor([1, 3, 5, 7, 0, 2, 1, 3, 5, 7, 4, 6])].T.reshape(4, 2, 2, 3).transpose(0, 1)
+        picks = torch.tensor([1, 3, 5, 7, 0, 2, 1, 3, 5, 7, 4, 6])
+        z = ours.embedding.weight[picks].T.reshape(4, 2, 2, 3).transpose(0, 1)
     z_q, _, (_, _, indices) = ours(z)
     _, _, (_, _, expected) = theirs(z)
     assert indices.shape == (2, 2, 3) and torch.equal(indices, expected)
