@@ -11,7 +11,7 @@ optimizer; Lightning 2.x refuses two optimizers outside manual optimisation.
 
    - ``"fresh"`` (default, upstream's behaviour): a second forward without gradients, after the
      autoencoder's step, so the discriminator sees reconstructions of the updated autoencoder.
-     Quantisers are ``passive()`` in it (no ArcLoss, no code counting);
+     Quantisers are ``passive()`` in it (no ArcLoss, no code counting, no CVQ usage update);
    - ``"reuse"``: the first forward's reconstructions, detached: one forward per batch instead of
      two (a speed option; the discriminator then sees the autoencoder before its step);
 
@@ -93,7 +93,7 @@ def _only_in(optimizer: torch.optim.Optimizer, other: torch.optim.Optimizer) -> 
 
 @contextlib.contextmanager
 def passive_quantizers(module: torch.nn.Module) -> Iterator[None]:
-    """Every submodule with a ``passive()`` context (ArcQuantizer) is passive inside the block."""
+    """Every submodule with a ``passive()`` context (ArcQuantizer, ClusteredQuantizer) is passive inside the block."""
     with contextlib.ExitStack() as stack:
         for submodule in module.modules():
             passive = getattr(submodule, "passive", None)

@@ -2,7 +2,9 @@
 
 Selection by cosine (geodesic nearest neighbour), the RAW code as output, the host quantiser's
 VQ loss on raw vectors, BBNR applied after every optimizer step, ArcLoss folded into the returned
-loss in training mode (METHOD.md sections 1-5)::
+loss in training mode (METHOD.md sections 1-5); the gradient reaches the encoder straight-through
+(the paper) or, with ``gradient_estimator="rotation"``, through the rotation trick
+(:mod:`arcvq_plugin.rotation_trick`)::
 
     quantizer:
       target: arcvq_plugin.ArcQuantizer
@@ -15,9 +17,8 @@ norm <= R(t).
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 from einops import rearrange
@@ -26,6 +27,8 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from .all_gather import all_gather_rows
 from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
 from .norm_bound import clip_rows_to_radius_, log_row_norms
+from .quantizer_contract import QuantizerContract
+from .rotation_trick import rotate_onto
 from .schedules import arc_weight, log_radius, radius
 from .validation import check_bool, check_int, check_real
 
@@ -33,9 +36,10 @@ __all__ = ["ArcQuantizer"]
 
 UNBOUNDED_FORWARDS_WARNING = 100
 """Training forwards without ``after_optimizer_step()`` after which a (single) warning is issued."""
+GRADIENT_ESTIMATORS = ("ste", "rotation")
 
 
-class ArcQuantizer(VectorQuantizer2):
+class ArcQuantizer(QuantizerContract, VectorQuantizer2):
     """Cosine-selection vector quantiser with BBNR and ArcLoss (ArcVQ-VAE).
 
     Args (taming's first, same meaning and defaults):
@@ -59,6 +63,10 @@ class ArcQuantizer(VectorQuantizer2):
         arc_gather_negatives: under torch.distributed, ArcLoss uses all ranks' latents (default False).
         check_finite: raise on non-finite input instead of poisoning the codebook (default True;
             costs one device-to-host sync per forward).
+        gradient_estimator: how z_q's gradient reaches z: ``"ste"`` (default, the paper and taming:
+            straight-through, copied unchanged) or ``"rotation"`` (the rotation trick of Fifty et al.
+            2024, :func:`arcvq_plugin.rotation_trick.rotate_onto`: through the rotation and rescaling
+            that takes z onto its raw code). Selection, losses and the codebook's gradient are the same.
 
     Every argument is checked here: integers must be ints (a bool is refused), numbers finite, and a
     ValueError names the argument and its allowed range.
@@ -88,6 +96,7 @@ class ArcQuantizer(VectorQuantizer2):
         arc_chunk_size: Optional[int] = None,
         arc_gather_negatives: bool = False,
         check_finite: bool = True,
+        gradient_estimator: str = "ste",
     ) -> None:
         n_e, e_dim = check_int("n_e", n_e, minimum=1), check_int("e_dim", e_dim, minimum=1)
         beta = check_real("beta", beta, minimum=0.0)
@@ -102,6 +111,8 @@ class ArcQuantizer(VectorQuantizer2):
         check_real("arc_gamma", arc_gamma, minimum=0.0)
         check_real("arc_gamma_decay", arc_gamma_decay, minimum=0.0)
         validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size, prefix="arc_")
+        if gradient_estimator not in GRADIENT_ESTIMATORS:
+            raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
                          sane_index_shape=sane_index_shape, legacy=legacy)
         with torch.no_grad():  # eq. 4: random draw (upstream's uniform), then onto the unit sphere
@@ -113,6 +124,7 @@ class ArcQuantizer(VectorQuantizer2):
         self.arc_chunk_size = arc_chunk_size
         self.arc_gather_negatives = arc_gather_negatives
         self.check_finite = check_finite
+        self.gradient_estimator = gradient_estimator
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))
         self.register_buffer("code_counts", torch.zeros(n_e), persistent=False)
         # fraction of codes the last norm-bound step actually moved (0-dim, on the device: no host sync)
@@ -120,7 +132,6 @@ class ArcQuantizer(VectorQuantizer2):
         self.loss_breakdown: dict[str, torch.Tensor] = {}
         self._forwards_since_step = 0
         self._warned_unbounded = False
-        self._passive = False
 
     # ---- schedules -------------------------------------------------------------------------
     @property
@@ -148,31 +159,13 @@ class ArcQuantizer(VectorQuantizer2):
             self.clipped_fraction.copy_((log_norms > log_bound.to(log_norms)).float().mean())
             clip_rows_to_radius_(self.embedding.weight, log_bound)
 
-    @contextlib.contextmanager
-    def passive(self) -> Iterator["ArcQuantizer"]:
-        """Forwards inside this block select codes and return the VQ loss only: no ArcLoss, no
-        code counting, ``loss_breakdown`` and the step-less-forward count left as they are.
-
-        For a second pass over a batch that must not train the quantiser twice (the GAN
-        discriminator's fresh reconstructions, see :mod:`arcvq_plugin.gan_training`)."""
-        previous, self._passive = self._passive, True
-        try:
-            yield self
-        finally:
-            self._passive = previous
-
     def reset_code_counts(self) -> None:
         """Zero ``code_counts`` (per-code selection counts accumulated over forwards)."""
         self.code_counts.zero_()
 
     # ---- forward ---------------------------------------------------------------------------
     def _check_input(self, z: torch.Tensor, temp, rescale_logits, return_logits) -> None:
-        if temp not in (None, 1.0) or rescale_logits or return_logits:
-            raise ValueError("temp, rescale_logits and return_logits exist only for interface "
-                             "compatibility with GumbelQuantize: leave them at their defaults")
-        if z.ndim != 4 or z.shape[1] != self.e_dim:
-            raise ValueError(f"ArcQuantizer expects z of shape (B, e_dim={self.e_dim}, H, W), "
-                             f"got {tuple(z.shape)}")
+        self.check_input(z, temp, rescale_logits, return_logits)
         if self.check_finite and not bool(torch.isfinite(z).all()):
             raise ValueError("ArcQuantizer received non-finite latents (NaN or inf); refusing to "
                              "update the codebook with them")
@@ -227,9 +220,12 @@ class ArcQuantizer(VectorQuantizer2):
                 "vq": vq.detach(), "arc": arc.detach(), "arc_weight": weight,
                 "radius": self.radius, "perplexity": perplexity, "usage": usage,
             }
-        z_q = z + (z_q - z).detach()  # straight-through estimator
+        if self.gradient_estimator == "rotation":
+            z_q = rotate_onto(z, z_q)
+        else:
+            z_q = z + (z_q - z).detach()  # straight-through estimator
         z_q = rearrange(z_q, "b h w c -> b c h w").contiguous()
-        return z_q, loss, (perplexity, None, self._output_indices(indices, z_q))
+        return z_q, loss, (perplexity, None, self.output_indices(indices, z_q))
 
     @torch.no_grad()
     def _count_codes(self, indices: torch.Tensor, record: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,17 +239,10 @@ class ArcQuantizer(VectorQuantizer2):
         perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
         return perplexity, (counts > 0).float().mean()
 
-    def _output_indices(self, indices: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        """Apply taming's remap and index shape conventions to the selected codes (N,)."""
-        if self.remap is not None:
-            indices = self.remap_to_used(indices.reshape(z_q.shape[0], -1)).reshape(-1, 1)
-        if self.sane_index_shape:
-            indices = indices.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
-        return indices
-
     def extra_repr(self) -> str:
         return (f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}, "
                 f"use_bbnr={self.use_bbnr}, bbnr_alpha={self.bbnr_alpha}, "
                 f"use_arc_loss={self.use_arc_loss}, arc_s={self.arc_s}, arc_m={self.arc_m}, "
                 f"arc_top_k={self.arc_top_k}, arc_gamma={self.arc_gamma}, "
-                f"arc_gamma_decay={self.arc_gamma_decay}, arc_chunk_size={self.arc_chunk_size}")
+                f"arc_gamma_decay={self.arc_gamma_decay}, arc_chunk_size={self.arc_chunk_size}, "
+                f"gradient_estimator={self.gradient_estimator!r}")

@@ -134,6 +134,19 @@ def test_tiny_baseline_trains_without_norm_bound(tmp_path, capsys):
         main(["-r", str(run), "-t", "model.params.quantizer_config.target=arcvq_plugin.ArcQuantizer"])
 
 
+def test_tiny_cvq_trains_without_norm_bound_and_updates_its_usage_once_per_batch(tmp_path, capsys):
+    """CVQ-VAE's quantiser in the tiny VQGAN: no NormBoundCallback needed, the running usage is in the
+    checkpoint and moved once per batch (the discriminator's second forward is passive)."""
+    logdir = tmp_path / "logs"
+    trainer = main(["--base", TINY_BASELINE, "-t", "--logdir", str(logdir), "-n", "cvq", *SMALL_DATA,
+                    "--enable_progress_bar", "false",
+                    "model.params.quantizer_config.target=arcvq_plugin.baselines.ClusteredQuantizer"])
+    assert "adding arcvq_plugin.NormBoundCallback" not in capsys.readouterr().out
+    assert trainer.global_step == 4  # 2 batches, 2 optimizers
+    state = torch.load(run_dir(logdir, "cvq") / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert float(state["quantize.running_usage"].sum()) == pytest.approx(1 - 0.99 ** 2)
+
+
 def test_norm_bound_is_added_when_the_config_has_none(tmp_path, capsys):
     without = _edited(tmp_path, lambda c: c.lightning.callbacks.pop("norm_bound"))
     trainer = main(["--base", without, "-t", "--logdir", str(tmp_path / "logs"), *SMALL_DATA,

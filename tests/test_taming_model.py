@@ -248,12 +248,21 @@ def test_every_taming_config_builds_its_model_and_baselines_differ_only_in_the_q
         quantizer = arc["model"]["params"].pop("quantizer_config")
         assert quantizer["target"] == "arcvq_plugin.ArcQuantizer"
         assert arc == base, arc_name
+    # the CVQ-VAE baseline: the ArcVQ f8 config with ClusteredQuantizer (same beta, taming's legacy default)
+    cvq = OmegaConf.to_container(OmegaConf.load(CONFIGS / "imagenet_cvq_f8.yaml"))
+    arc = OmegaConf.to_container(OmegaConf.load(CONFIGS / "imagenet_arcvq_f8.yaml"))
+    quantizer = cvq["model"]["params"].pop("quantizer_config")
+    assert quantizer == {"target": "arcvq_plugin.baselines.ClusteredQuantizer",
+                         "params": {"beta": 0.25, "distance": "cos", "usage_decay": 0.99}}
+    assert arc["model"]["params"].pop("quantizer_config")["params"]["beta"] == 0.25
+    assert cvq == arc
     paper = OmegaConf.load(CONFIGS / "imagenet_arcvq_f16.yaml").model
     q = paper.params.quantizer_config.params
     assert (paper.params.n_embed, paper.params.embed_dim, q.bbnr_alpha, q.arc_gamma_decay) == (1024, 16, 1e-5, 1e-4)
     assert (q.arc_s, q.arc_m, q.arc_top_k, q.arc_gamma, paper.base_learning_rate) == (10.0, 0.1, 3, 1.0, 4.5e-6)
     # the paper's autoencoders give 16x16 and 32x32 tokens at 256 px (built here narrow, at 64 px)
-    for name, factor in [("imagenet_arcvq_f16", 16), ("imagenet_arcvq_f8", 8), ("custom_arcvq", 16)]:
+    for name, factor in [("imagenet_arcvq_f16", 16), ("imagenet_arcvq_f8", 8), ("imagenet_cvq_f8", 8),
+                         ("custom_arcvq", 16)]:
         config = OmegaConf.load(CONFIGS / f"{name}.yaml")
         for callback in config.lightning.callbacks.values():
             instantiate_from_config(callback)

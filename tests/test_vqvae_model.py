@@ -112,6 +112,43 @@ def test_fixed_bound_row_differs_from_arcvq_only_in_its_keys(dataset):
     assert float(quantizer.radius) == 1.0
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_cvq_and_rotation_rows_differ_from_their_reference_only_in_the_quantizer(dataset):
+    """cvq: the vq config with CVQ-VAE's quantiser (same beta and legacy); arcvq_rotation: the arcvq
+    config plus gradient_estimator: rotation."""
+    def load(row):
+        return _leaves(OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{dataset}_{row}.yaml")))
+
+    vq, cvq = load("vq"), load("cvq")
+    quantizer = "model.params.quantizer_config."
+    assert {k: v for k, v in vq.items() if not k.startswith(quantizer)} == \
+        {k: v for k, v in cvq.items() if not k.startswith(quantizer)}
+    assert cvq[quantizer + "target"] == "arcvq_plugin.baselines.ClusteredQuantizer"
+    assert {k: cvq[quantizer + "params." + k] for k in ("beta", "legacy", "distance", "usage_decay")} == \
+        {"beta": 0.25, "legacy": False, "distance": "cos", "usage_decay": 0.99}
+    assert all(cvq[k] == v for k, v in vq.items() if k.startswith(quantizer + "params."))
+    arcvq, rotation = load("arcvq"), load("arcvq_rotation")
+    assert {k: v for k, v in rotation.items() if k in arcvq} == arcvq
+    assert set(rotation) - set(arcvq) == {quantizer + "params.gradient_estimator"}
+    assert rotation[quantizer + "params.gradient_estimator"] == "rotation"
+
+
+@pytest.mark.parametrize("row", ["cvq", "arcvq_rotation"])
+def test_cvq_and_rotation_rows_train_from_their_configs(row, one_thread):
+    from arcvq_plugin.baselines import ClusteredQuantizer
+
+    config = row_config(CONFIGS, "mnist", row, epochs=1, batch_size=8, limit_train=16, limit_test=8)
+    before = instantiate_from_config(config.model).state_dict()
+    trained = train_row(config, seed=0, progress_bar=False, device="cpu")
+    quantizer, after = trained.model.quantize, trained.model.state_dict()
+    assert not torch.equal(before["quantize.embedding.weight"], after["quantize.embedding.weight"])
+    if row == "cvq":  # no clock, no NormBoundCallback needed; two training forwards of 8 images, 7x7 latents
+        assert isinstance(quantizer, ClusteredQuantizer) and trained.clipped_fraction is None
+        assert float(after["quantize.running_usage"].sum()) == pytest.approx(1 - 0.99 ** 2)
+    else:
+        assert quantizer.gradient_estimator == "rotation" and int(quantizer.clock) == 2
+
+
 def test_reduced_budget_is_an_override():
     config = load_configs([str(CONFIGS / "mnist_arcvq.yaml"), str(CONFIGS / "reduced_budget.yaml")])
     assert config.data.params.batch_size == 32 and config.lightning.trainer.max_steps == 250

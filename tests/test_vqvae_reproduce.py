@@ -131,3 +131,16 @@ def test_bad_requests_fail_before_any_training(argv, message, tmp_path, capsys, 
 def test_reproduce_rejects_bad_options(argv):
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
+
+
+def test_cvq_and_rotation_rows_are_offered_beside_the_papers_table_1():
+    from arcvq_plugin.vqvae.report import PAPER_RESULTS, ROW_LABELS, paper_lines
+
+    args = build_parser().parse_args(["--rows", "vq", "cvq", "arcvq", "arcvq_rotation"])
+    assert args.rows == ["vq", "cvq", "arcvq", "arcvq_rotation"]
+    assert PAPER_RESULTS["mnist"]["cvq"] == {"psnr": 27.87, "ssim": 0.9833, "lpips": 0.0222, "rfid": 1.80}
+    assert PAPER_RESULTS["cifar10"]["cvq"] == {"psnr": 24.72, "ssim": 0.8978, "lpips": 0.1883, "rfid": 24.73}
+    table = {"name": "ablation", "rows": {row: {"label": ROW_LABELS[row]} for row in ("cvq", "arcvq_rotation")}}
+    lines = paper_lines(table, "mnist")
+    assert "| CVQ-VAE | 27.87 | 0.9833 | 0.0222 | 1.80 |" in lines
+    assert "| ArcVQ-VAE, rotation trick | n/a | n/a | n/a | n/a |" in lines

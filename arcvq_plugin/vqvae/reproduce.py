@@ -11,7 +11,8 @@ request). Rows trained with the same seed share the initialisation seed and the 
 differences between rows are paired by seed (``statistics``).
 
 Tables: without ``--sweep`` one table of the ``--rows`` (default vq, cosine, bbnr, arcvq; also
-``arcvq_fixed_bound``, Appendix D.4); each ``--sweep key=v1,v2,...`` gives one table of the
+``arcvq_fixed_bound``, Appendix D.4; ``cvq``, the CVQ-VAE baseline of Table 1; ``arcvq_rotation``,
+ArcVQ with the rotation trick); each ``--sweep key=v1,v2,...`` gives one table of the
 ``--rows`` (default arcvq) at each value. Every table shows every seed, mean +- std per row, the
 reference row (ArcVQ-VAE, or the sweep's default value) minus every other row with a 95%
 t-interval over seeds, and the paper's numbers. Written to ``--out``:
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arcvq-reproduce",
         description="Train and evaluate the VQ-VAE quantiser ablation (vanilla VQ, cosine only, + BBNR, ArcVQ; "
-                    "optionally ArcVQ with a fixed bound) and the paper's sensitivity sweeps; print the tables "
+                    "optionally ArcVQ with a fixed bound, CVQ-VAE, ArcVQ with the rotation trick) and the paper's sensitivity sweeps; print the tables "
                     "with mean +- std over seeds, paired differences with 95%% t-intervals and the paper's numbers.")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="mnist (offline, default) or cifar10 (torchvision download)")
