@@ -30,7 +30,7 @@ from .norm_bound import clip_rows_to_radius_, log_row_norms
 from .quantizer_contract import QuantizerContract
 from .rotation_trick import rotate_onto
 from .schedules import arc_weight, log_radius, radius
-from .validation import check_bool, check_int, check_real
+from .validation import check_bool, check_real
 
 __all__ = ["ArcQuantizer"]
 
@@ -98,12 +98,8 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         check_finite: bool = True,
         gradient_estimator: str = "ste",
     ) -> None:
-        n_e, e_dim = check_int("n_e", n_e, minimum=1), check_int("e_dim", e_dim, minimum=1)
-        beta = check_real("beta", beta, minimum=0.0)
-        if not (unknown_index in ("random", "extra") or (type(unknown_index) is int and unknown_index >= 0)):
-            raise ValueError(f"unknown_index must be 'random', 'extra' or an integer >= 0, got {unknown_index!r}")
-        for name, flag in [("sane_index_shape", sane_index_shape), ("legacy", legacy),
-                           ("use_bbnr", use_bbnr), ("use_arc_loss", use_arc_loss),
+        n_e, e_dim, beta = self.check_taming_arguments(n_e, e_dim, beta, unknown_index, sane_index_shape, legacy)
+        for name, flag in [("use_bbnr", use_bbnr), ("use_arc_loss", use_arc_loss),
                            ("arc_gather_negatives", arc_gather_negatives),
                            ("check_finite", check_finite)]:
             check_bool(name, flag)

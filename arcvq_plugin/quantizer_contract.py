@@ -3,6 +3,7 @@
 ``QuantizerContract`` is a mixin for subclasses of ``VectorQuantizer2`` (``ArcQuantizer``,
 ``baselines.ClusteredQuantizer``):
 
+- ``check_taming_arguments``: taming's constructor arguments, validated before anything is built;
 - ``check_input``: the latents' shape, and the GumbelQuantize-only arguments left at their defaults;
 - ``output_indices``: taming's ``remap`` and ``sane_index_shape`` applied to the selected codes;
 - ``passive()``: a block whose forwards must not train the quantiser's own state (the GAN
@@ -11,9 +12,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Union
 
 import torch
+
+from arcvq_plugin.validation import check_bool, check_int, check_real
 
 __all__ = ["QuantizerContract"]
 
@@ -36,6 +39,20 @@ class QuantizerContract:
             yield self
         finally:
             self._passive = previous
+
+    @staticmethod
+    def check_taming_arguments(n_e: int, e_dim: int, beta: float, unknown_index: Union[str, int],
+                               sane_index_shape: bool, legacy: bool) -> tuple[int, int, float]:
+        """ValueError naming the first of ``VectorQuantizer2``'s arguments outside its range (n_e, e_dim:
+        integers >= 1; beta: finite, >= 0; unknown_index: 'random', 'extra' or an integer >= 0; the
+        flags: bools); returns ``(n_e, e_dim, beta)`` as checked."""
+        n_e, e_dim = check_int("n_e", n_e, minimum=1), check_int("e_dim", e_dim, minimum=1)
+        beta = check_real("beta", beta, minimum=0.0)
+        if not (unknown_index in ("random", "extra") or (type(unknown_index) is int and unknown_index >= 0)):
+            raise ValueError(f"unknown_index must be 'random', 'extra' or an integer >= 0, got {unknown_index!r}")
+        check_bool("sane_index_shape", sane_index_shape)
+        check_bool("legacy", legacy)
+        return n_e, e_dim, beta
 
     def check_input(self, z: torch.Tensor, temp, rescale_logits, return_logits) -> None:
         """ValueError unless z is (B, e_dim, H, W) and temp / rescale_logits / return_logits are

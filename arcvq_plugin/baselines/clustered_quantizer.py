@@ -62,7 +62,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from arcvq_plugin.all_gather import distributed_world_size
 from arcvq_plugin.losses import normalize_rows
 from arcvq_plugin.quantizer_contract import QuantizerContract
-from arcvq_plugin.validation import check_bool, check_int, check_real
+from arcvq_plugin.validation import check_real
 
 __all__ = ["ClusteredQuantizer", "DISTANCES", "REINIT_OFFSET", "USAGE_SCALE"]
 
@@ -109,12 +109,7 @@ class ClusteredQuantizer(QuantizerContract, VectorQuantizer2):
         distance: str = "cos",
         usage_decay: float = 0.99,
     ) -> None:
-        n_e, e_dim = check_int("n_e", n_e, minimum=1), check_int("e_dim", e_dim, minimum=1)
-        beta = check_real("beta", beta, minimum=0.0)
-        if not (unknown_index in ("random", "extra") or (type(unknown_index) is int and unknown_index >= 0)):
-            raise ValueError(f"unknown_index must be 'random', 'extra' or an integer >= 0, got {unknown_index!r}")
-        check_bool("sane_index_shape", sane_index_shape)
-        check_bool("legacy", legacy)
+        n_e, e_dim, beta = self.check_taming_arguments(n_e, e_dim, beta, unknown_index, sane_index_shape, legacy)
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         usage_decay = check_real("usage_decay", usage_decay, minimum=0.0, exclusive=True, below=1.0)
