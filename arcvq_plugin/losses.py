@@ -244,7 +244,10 @@ def arc_margin_loss_normalized(
     :class:`CosineScan` of both (same ``s`` and ``chunk_size``). Returns a scalar; gradients reach
     z_hat only. Denominator: ``logaddexp(negatives' logsumexp, positives' logsumexp)``."""
     e_hat = e_hat.detach()
-    pos_cos = torch.einsum("kd,kjd->kj", e_hat, z_hat[scan.positives])
+    # index_select, not z_hat[scan.positives]: its backward (index_add_) sums repeated positives in a
+    # fixed order on the CPU, where advanced indexing's (index_put_ with accumulate) does not
+    positive_latents = z_hat.index_select(0, scan.positives.flatten()).view(*scan.positives.shape, -1)
+    pos_cos = torch.einsum("kd,kjd->kj", e_hat, positive_latents)
     pos_logits = s * margin_cosine(pos_cos, m)  # (K, top_k)
     numerator = torch.logsumexp(pos_logits, dim=1)
     negatives = _NegativeLogSumExp.apply(z_hat, e_hat, scan, s, chunk_size)

@@ -123,3 +123,23 @@ def test_block_paths_match_formula(chunk):
     (g_ref,) = torch.autograd.grad(ref, z)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_gradient_is_bitwise_reproducible_with_several_threads(chunk):
+    """A seeded run must repeat exactly: with many codes sharing positives, the gradient of the
+    repeated positive latents is summed in the same order every time (two CPU threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        z = torch.randn(256, 64, requires_grad=True)
+        codebook = torch.randn(4096, 64)  # 12,288 positives among 256 latents: large enough to run in parallel
+        grads = []
+        for _ in range(10):
+            z.grad = None
+            arc_margin_loss(z, codebook, s=10.0, m=0.1, top_k=3, chunk_size=chunk).backward()
+            grads.append(z.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

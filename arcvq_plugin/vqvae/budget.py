@@ -8,7 +8,7 @@ Budgets (``--budget``):
 
 Schedules (``--schedule``), an explicit deviation from the paper when not ``paper``: at a reduced
 budget of T steps the paper's ``lambda(t) = gamma0 exp(-delta t)`` ends at ``exp(-delta T)`` (0.89
-after 235 steps) instead of ``exp(-delta T_paper)`` (4e-7 after 29,500). With
+after 250 steps, the reduced budget) instead of ``exp(-delta T_paper)`` (4e-7 after 29,500). With
 ``factor = T_paper / T``:
 
 - ``relative``: ``delta <- delta * factor`` and ``alpha <- alpha * factor``, so lambda(t) and
