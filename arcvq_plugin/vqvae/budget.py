@@ -7,7 +7,7 @@ Budgets (``--budget``):
   the main job trains.
 
 Schedules (``--schedule``), an explicit deviation from the paper when not ``paper``: at a reduced
-budget of T steps the paper's ``lambda(t) = gamma0 exp(-delta t)`` ends at ``exp(-delta T)`` (0.89
+budget of T steps the paper's ``lambda(t) = gamma0 exp(-delta t)`` ends at ``exp(-delta T)`` (0.88
 after 250 steps, the reduced budget) instead of ``exp(-delta T_paper)`` (4e-7 after 29,500). With
 ``factor = T_paper / T``:
 
