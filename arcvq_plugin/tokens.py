@@ -23,6 +23,7 @@ their codebook, before anything is encoded, decoded or written.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 from pathlib import Path
@@ -287,3 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     paths = decode_to_folder(tokenizer, grids, args.out, batch_size=args.batch_size, force=args.force)
     print(f"wrote {len(paths)} images to {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,7 @@ plain conditional sampling (no unconditional pass); scale != 1 needs a model tra
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -185,3 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"arcvq-sample-ldm: writing the samples failed ({err}); nothing was written") from err
     print(f"wrote {grid} and {len(paths)} images to {Path(args.out) / 'images'}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
