@@ -57,9 +57,10 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         arc_top_k: positives per code, an integer >= 1 (default 3).
         arc_gamma: gamma0, finite and >= 0 (default 1). arc_gamma_decay: delta, finite and >= 0
             (default 5e-4).
-        arc_chunk_size: None or an integer >= 1, latents per chunk of the K x N cosine matrix (None: dense, fastest,
+        arc_chunk_size: None or an integer >= 1, latents per chunk of the K x N cosine matrix (None: dense,
             holds one K x N float matrix from forward to backward; an integer bounds that to
-            K x arc_chunk_size at the cost of one more K x N x D matrix product in backward).
+            K x arc_chunk_size at the cost of one more K x N x D matrix product in backward;
+            docs/BENCHMARKS.md times both).
         arc_gather_negatives: under torch.distributed, ArcLoss uses all ranks' latents (default False).
         check_finite: raise on non-finite input instead of poisoning the codebook (default True;
             costs one device-to-host sync per forward).
