@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arcvq-reproduce",
         description="Train and evaluate the VQ-VAE quantiser ablation (vanilla VQ, cosine only, + BBNR, ArcVQ; "
-                    "optionally ArcVQ with a fixed bound, CVQ-VAE, ArcVQ with the rotation trick) and the paper's sensitivity sweeps; print the tables "
+                    "optionally ArcVQ with a fixed bound, CVQ-VAE, ArcVQ with the rotation trick) and the paper's "
+                    "sensitivity sweeps; print the tables "
                     "with mean +- std over seeds, paired differences with 95%% t-intervals and the paper's numbers.")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="mnist (offline, default) or cifar10 (torchvision download)")
