@@ -17,7 +17,7 @@ the exception reaches ``arcvq-train``, which writes its crash checkpoint of that
 are not checked: a finite loss with an infinite gradient is not caught.
 
 Cost: each check is one device-to-host synchronisation (``ManualGANTraining``: three per batch,
-``VQVAE``: two). ``check_finite: false`` in the model's params turns the checks off (an
+``VQVAE``: one, two for float pixels). ``check_finite: false`` in the model's params turns the checks off (an
 ``ArcQuantizer`` still refuses non-finite latents unless its own ``check_finite`` is false too).
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ class NonFiniteTrainingError(ValueError):
 def refuse_non_finite(value: torch.Tensor, what: str, *, batch_idx: int, epoch: int, step: int) -> None:
     """Nothing if every element of ``value`` (any shape) is finite, else :class:`NonFiniteTrainingError`
     naming ``what`` (e.g. ``"the input batch 'image'"``), the batch, the epoch and the optimizer step.
-    One device-to-host synchronisation when finite."""
-    if bool(torch.isfinite(value).all()):
+    One device-to-host synchronisation for a floating-point ``value``, none for an integer one."""
+    if not value.is_floating_point() or bool(torch.isfinite(value).all()):
         return
     nan = int(torch.isnan(value).sum())
     inf = int(torch.isinf(value).sum())

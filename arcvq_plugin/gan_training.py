@@ -52,6 +52,7 @@ from arcvq_plugin.checkpoint_loading import load_state_dict
 from arcvq_plugin.finite_training import refuse_non_finite
 from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 from arcvq_plugin.quantizer_contract import check_finite_state
+from arcvq_plugin.validation import check_bool
 
 __all__ = ["DISC_RECONSTRUCTIONS", "ManualGANTraining", "validate_accumulation", "validate_disc_reconstruction"]
 
@@ -172,6 +173,7 @@ class ManualGANTraining:
         require_norm_bound_callback(self.trainer, self)
         validate_disc_reconstruction(self.disc_reconstruction)
         validate_accumulation(self.accumulate_grad_batches)
+        check_bool("check_finite", self.check_finite)
         gradients = getattr(self, "_gradients_to_restore", None) or {}
         parameters = dict(self.named_parameters())
         for name, gradient in gradients.items():
