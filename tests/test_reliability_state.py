@@ -244,8 +244,10 @@ def test_a_resume_continues_at_the_next_sample_or_starts_the_next_epoch():
     tail = [int(i) for batch in same for i in batch]
     assert sorted(head + tail) == list(range(48))  # none skipped, none repeated
     # the end of an epoch (or its start) resumes under any batch size: the next epoch, whole
-    for saved in ({**state, "batches": 12}, {**state, "batches": 0, "epoch": 2}):
-        other = ResumableDataLoader(Indices(48), batch_size=8, seed=3)
+    end_of_epoch_in_eights = {**state, "batch_size": 8, "batches": 6, "batches_in_epoch": 6}
+    for saved, batch_size in (({**state, "batches": 12}, 8), ({**state, "batches": 0, "epoch": 2}, 8),
+                              (end_of_epoch_in_eights, 4)):
+        other = ResumableDataLoader(Indices(48), batch_size=batch_size, seed=3)
         other.load_state_dict(saved)
         assert other.sampler.epoch == 2
         assert sorted(int(i) for batch in other for i in batch) == list(range(48))
