@@ -10,19 +10,26 @@ quantiser, taming's ``VectorQuantizer2`` included, and the patched upstream mode
 - each loss, before its backward (so accumulated gradients stay finite too).
 
 A failing check raises :class:`NonFiniteTrainingError` naming the batch index, the epoch and the
-optimizer step. The weights, optimizer states, accumulated gradients and quantiser state are then
-those after the previous batch (``ManualGANTraining``'s discriminator loss is the exception: it is
-computed after the autoencoder's step, so its refusal keeps that batch's autoencoder update), and
-the exception reaches ``arcvq-train``, which writes its crash checkpoint of that state. Gradients
-are not checked: a finite loss with an infinite gradient is not caught.
+optimizer step. The weights, optimizer states and accumulated gradients are then those after the
+previous batch, and so is all other state for a bad input. Two limits: a loss is checked after its
+forward, so what a forward updates on its own (BatchNorm statistics, a quantiser's usage counts)
+already holds that batch; ``ManualGANTraining``'s discriminator loss is computed after the
+autoencoder's step, so its refusal keeps that batch's autoencoder update. Gradients are not
+checked: a finite loss with an infinite gradient is not caught. ``arcvq-train`` writes its crash
+checkpoint on the exception.
 
-Cost: each check is one device-to-host synchronisation (``ManualGANTraining``: three per batch,
-``VQVAE``: one, two for float pixels). ``check_finite: false`` in the model's params turns the checks off (an
-``ArcQuantizer`` still refuses non-finite latents unless its own ``check_finite`` is false too).
+Under torch.distributed every rank stops at the same check (a flag is reduced over the ranks).
+Cost: each check is one device-to-host synchronisation, and one small ``all_reduce`` under
+torch.distributed (``ManualGANTraining``: three checks per batch; ``VQVAE``: one, two for float
+pixels). ``check_finite: false`` in the model's params turns the checks off (an ``ArcQuantizer``
+still refuses non-finite latents unless its own ``check_finite`` is false too).
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+
+from arcvq_plugin.all_gather import distributed_world_size
 
 __all__ = ["NonFiniteTrainingError", "refuse_non_finite"]
 
@@ -32,15 +39,31 @@ class NonFiniteTrainingError(ValueError):
 
 
 def refuse_non_finite(value: torch.Tensor, what: str, *, batch_idx: int, epoch: int, step: int) -> None:
-    """Nothing if every element of ``value`` (any shape) is finite, else :class:`NonFiniteTrainingError`
-    naming ``what`` (e.g. ``"the input batch 'image'"``), the batch, the epoch and the optimizer step.
-    One device-to-host synchronisation for a floating-point ``value``, none for an integer one."""
-    if not value.is_floating_point() or bool(torch.isfinite(value).all()):
+    """Nothing if every element of ``value`` (any shape) is finite on every process, else
+    :class:`NonFiniteTrainingError` naming ``what`` (e.g. ``"the input batch 'image'"``), the batch, the
+    epoch and the optimizer step.
+
+    Under torch.distributed every rank raises together (one ``all_reduce`` of a flag), so a bad batch
+    on one rank cannot leave the others waiting in the next collective. Cost: one device-to-host
+    synchronisation for a floating-point ``value``; none, and no ``all_reduce``, for an integer one
+    (its dtype is the same on every rank).
+    """
+    if not value.is_floating_point():
         return
-    nan = int(torch.isnan(value).sum())
-    inf = int(torch.isinf(value).sum())
+    finite = torch.isfinite(value).all()
+    everywhere = finite
+    if distributed_world_size() > 1:
+        everywhere = finite.to(torch.int32)
+        dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)
+    if bool(everywhere):
+        return
+    where = f"training batch {batch_idx} of epoch {epoch} (optimizer step {step})"
+    if bool(finite):
+        problem = f"{what} holds NaN or inf on another process (rank {dist.get_rank()}'s is finite)"
+    else:
+        nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+        problem = f"{what} holds NaN or inf ({nan} NaN, {inf} inf of {value.numel()} values)"
     raise NonFiniteTrainingError(
-        f"training batch {batch_idx} of epoch {epoch} (optimizer step {step}): {what} holds NaN or inf "
-        f"({nan} NaN, {inf} inf of {value.numel()} values); stopped before the update, so the model is "
-        f"as the previous batch left it. Remove the bad samples (or find what diverged), or set "
-        f"model.params.check_finite: false to train on them regardless")
+        f"{where}: {problem}; stopped before the update, so the model is as the previous batch left it. "
+        f"Remove the bad samples (or find what diverged), or set model.params.check_finite: false to "
+        f"train on them regardless")

@@ -64,7 +64,8 @@ class VQModel(*_BASES):
     training (``arcvq-train`` sets it from ``model.base_learning_rate`` as ldm's main.py does).
     ``disc_reconstruction``: ``"fresh"`` (default, ldm's behaviour) or ``"reuse"`` (see
     :mod:`arcvq_plugin.gan_training`). ``check_finite`` (default True): refuse a training batch whose
-    input or loss holds NaN or inf, before it updates anything (:mod:`arcvq_plugin.finite_training`). A lossconfig naming taming's ``VQLPIPSWithDiscriminator`` is built as
+    input or loss holds NaN or inf, before it updates anything (:mod:`arcvq_plugin.finite_training`).
+    A lossconfig naming taming's ``VQLPIPSWithDiscriminator`` is built as
     :class:`arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator` (same loss, LPIPS weights read
     from disk, none built at ``perceptual_weight: 0``).
     """
