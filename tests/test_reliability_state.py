@@ -236,6 +236,17 @@ def test_a_mid_epoch_resume_under_other_settings_is_refused(monkeypatch, batch_s
         resumed.load_state_dict(state)
 
 
+def test_a_mid_epoch_resume_with_other_batches_per_epoch_is_refused():
+    """Same batch size, length and world size, but another ``drop_last``: 13 batches of 4 become 12."""
+    loader = ResumableDataLoader(Indices(50), batch_size=4, seed=3)
+    iterator = iter(loader)
+    for _ in range(6):
+        next(iterator)
+    resumed = ResumableDataLoader(Indices(50), batch_size=4, seed=3, drop_last=True)
+    with pytest.raises(ResumePositionError, match="the batches per epoch changed from 13 to 12"):
+        resumed.load_state_dict(loader.state_dict())
+
+
 def test_a_resume_continues_at_the_next_sample_or_starts_the_next_epoch():
     state, head = six_batches_of_four()
     same = ResumableDataLoader(Indices(48), batch_size=4, seed=3)
