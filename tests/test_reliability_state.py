@@ -373,3 +373,21 @@ def test_resume_and_ckpt_path_refuse_bad_quantizer_state(trained_checkpoints, tm
             tiny_model(name, [f"model.params.ckpt_path={bad}"])
     finally:
         bad.unlink()
+
+
+def test_a_vqvae_resume_refuses_a_non_finite_baseline_codebook(tmp_path):
+    def tiny_vqvae() -> VQVAE:
+        torch.manual_seed(0)
+        return VQVAE(in_channels=1, hidden_channels=8, n_res_layers=1, res_hidden_channels=4, n_embed=8, embed_dim=4)
+
+    def trainer(batches: int) -> pl.Trainer:
+        return pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+    first = trainer(1)
+    first.fit(tiny_vqvae(), DataLoader(FloatImages(-1), batch_size=2))
+    first.save_checkpoint(tmp_path / "one.ckpt")
+    bad = edited_checkpoint(tmp_path / "one.ckpt", tmp_path / "bad.ckpt", "quantize.embedding.weight",
+                            lambda t: t.index_fill(0, torch.tensor([2]), float("nan")))
+    with pytest.raises(QuantizerStateError, match="quantize.embedding.weight must be finite, got 4 NaN"):
+        trainer(2).fit(tiny_vqvae(), DataLoader(FloatImages(-1), batch_size=2), ckpt_path=str(bad))

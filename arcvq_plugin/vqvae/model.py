@@ -15,7 +15,8 @@ adds ArcLoss to that loss in training mode, and its clock / norm bound advance o
 ``arcvq_plugin.NormBoundCallback``: training refuses to start without it in the Trainer's callbacks.
 
 Training refuses a batch whose input or loss holds NaN or inf before it updates anything
-(``check_finite``, :mod:`arcvq_plugin.finite_training`).
+(``check_finite``, :mod:`arcvq_plugin.finite_training`), and a checkpoint whose quantiser state
+holds NaN or inf (Lightning's ``ckpt_path``).
 
 Batches are taming examples: ``batch[image_key]`` is (B, H, W, C), float in [-1, 1] or uint8 pixels
 (``arcvq_plugin.data.device_batches``), which are converted on the device with ``x / 127.5 - 1``.
@@ -33,6 +34,7 @@ from arcvq_plugin.data.image_folder import uint8_to_signed_unit
 from arcvq_plugin.finite_training import refuse_non_finite
 from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 from arcvq_plugin.quantizer_config import build_quantizer
+from arcvq_plugin.quantizer_contract import check_finite_state
 from arcvq_plugin.validation import check_bool
 from arcvq_plugin.vqvae.networks import Decoder, Encoder
 
@@ -137,6 +139,11 @@ class VQVAE(pl.LightningModule):
 
     def on_train_start(self) -> None:
         require_norm_bound_callback(self.trainer, self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose quantiser state holds NaN or inf, whatever the quantiser
+        (``QuantizerStateError`` naming the key), before Lightning loads it."""
+        check_finite_state(checkpoint.get("state_dict", {}), "quantize.")
 
     def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch, batch_idx)
