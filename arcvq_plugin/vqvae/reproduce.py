@@ -323,6 +323,8 @@ def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, swee
             max_steps = config.lightning.trainer.get("max_steps")
             steps = run_steps(n_run, batch, epochs, None if max_steps in (None, -1) else int(max_steps))
             paper_steps = run_steps(n_paper, int(base.data.params.batch_size), int(base.lightning.trainer.max_epochs))
+            if device.type == "cuda":  # the model's per-batch finiteness check is a host sync too
+                OmegaConf.update(config, "model.params.check_finite", False)
             quantizer = config.model.params.get("quantizer_config")
             if is_arc_quantizer(quantizer):
                 for param, scaled in schedule_overrides(quantizer.params, args.schedule, paper_steps / steps).items():
@@ -337,8 +339,8 @@ def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, swee
             variants.append(Variant(name, label, config, None if key is None else {"key": key, "value": value}))
         tables[table_name] = variants
     if device.type == "cuda":
-        notes = [*notes, "On CUDA the ArcQuantizer's per-forward finiteness check (a host sync) is off "
-                         "(check_finite: false); the codebook's finiteness is checked once per epoch instead."]
+        notes = [*notes, "On CUDA the per-batch finiteness checks of the model and the ArcQuantizer (host syncs) "
+                         "are off (check_finite: false); the codebook's finiteness is checked once per epoch instead."]
     return {"rows": rows, "tables": tables, "steps": steps, "paper_steps": paper_steps, "notes": notes}
 
 
