@@ -84,7 +84,9 @@ class ImageFolder(Dataset):
     Args:
         root: folder to scan.
         size: if given (>= 1), resize the shorter side to ``size`` and centre-crop to size x size;
-            None keeps each file's size (then batches need equal sizes).
+            None keeps each file's size: then every file's header is read up front and a file that
+            cannot be read or whose size differs from the first file's is a ValueError naming it
+            (batches need equal sizes).
         channels: 3 (RGB) or 1 (greyscale); every file is converted.
         extensions: file suffixes to accept (case-insensitive).
 
@@ -106,11 +108,36 @@ class ImageFolder(Dataset):
             raise ValueError(f"no image files ({', '.join(sorted(suffixes))}) under {str(root)!r}")
         self.size = size
         self.channels = channels
+        if size is None:
+            self._check_equal_sizes()
+
+    def _check_equal_sizes(self) -> None:
+        """ValueError naming the first file that cannot be read or whose width x height differs from the first's."""
+        first = None
+        for path in self.paths:
+            try:
+                with Image.open(path) as img:
+                    file_size = img.size
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise ValueError(f"cannot read the image file {str(path)!r} ({type(err).__name__}: {err})") from err
+            if first is None:
+                first = (path, file_size)
+            elif file_size != first[1]:
+                raise ValueError(
+                    f"image file {str(path)!r} is {file_size[0]}x{file_size[1]} pixels but {str(first[0])!r} is "
+                    f"{first[1][0]}x{first[1][1]}: with size=None every image must have one size; set size (>= 1) "
+                    "to resize and centre-crop them")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _load(self, path: Path) -> np.ndarray:
+        try:
+            return self._read(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+            raise ValueError(f"cannot read the image file {str(path)!r} ({type(err).__name__}: {err})") from err
+
+    def _read(self, path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img = img.convert("RGB" if self.channels == 3 else "L")
             if self.size is not None:
