@@ -148,8 +148,10 @@ def check_dataset_images(model: nn.Module, datasets: Mapping[str, Any]) -> None:
 
     The image is the example's ``model.image_key`` (taming) or ``first_stage_key`` (LDM) entry,
     default ``"image"``, (H, W, C) as taming's datasets return it. An LDM's first stage
-    (``model.first_stage_model``) is the encoder checked. Splits whose examples are not such
-    mappings, and models without an ``encoder``, are not checked.
+    (``model.first_stage_model``) is the encoder checked. A dataset with ``file_sizes``
+    ({path: (width, height)}, as :class:`arcvq_plugin.data.image_folder.ImageFolder` without
+    ``size`` has) gets every file's size checked. Splits whose examples are not such mappings, and
+    models without an ``encoder``, are not checked.
     """
     autoencoder = getattr(model, "first_stage_model", model)
     if not isinstance(getattr(autoencoder, "encoder", None), nn.Module):
@@ -167,3 +169,16 @@ def check_dataset_images(model: nn.Module, datasets: Mapping[str, Any]) -> None:
                              f"{tuple(image.shape)}")
         source = f" ({example['file_path_']})" if "file_path_" in example else ""
         check_images(autoencoder, rearrange(image, "h w c -> 1 c h w"), what=f"data.{split} images{source}")
+        _check_file_sizes(autoencoder, split, getattr(dataset, "file_sizes", None))
+
+
+def _check_file_sizes(model: nn.Module, split: str, file_sizes: Optional[Mapping[Any, tuple[int, int]]]) -> None:
+    """ValueError naming the first file whose (width, height) is not a multiple of the downsampling."""
+    if not file_sizes:
+        return
+    _, multiple = encoder_input(model) or (None, 1)
+    for path, (width, height) in file_sizes.items():
+        if width % multiple or height % multiple:
+            raise ValueError(f"data.{split}: image file {str(path)!r} is {width}x{height} pixels, but the model "
+                             f"takes sides that are multiples of {multiple} (its downsampling factor): resize or "
+                             "crop it, or set the dataset's size option")

@@ -84,9 +84,9 @@ class ImageFolder(Dataset):
     Args:
         root: folder to scan.
         size: if given (>= 1), resize the shorter side to ``size`` and centre-crop to size x size;
-            None keeps each file's size: then every file's header is read up front and a file that
-            cannot be read or whose size differs from the first file's is a ValueError naming it
-            (batches need equal sizes).
+            None keeps each file's size (then batches need equal sizes): every file's header is
+            read up front into ``file_sizes`` ({path: (width, height)}), and a file that cannot be
+            read is a ValueError naming it.
         channels: 3 (RGB) or 1 (greyscale); every file is converted.
         extensions: file suffixes to accept (case-insensitive).
 
@@ -108,25 +108,18 @@ class ImageFolder(Dataset):
             raise ValueError(f"no image files ({', '.join(sorted(suffixes))}) under {str(root)!r}")
         self.size = size
         self.channels = channels
-        if size is None:
-            self._check_equal_sizes()
+        self.file_sizes: dict[Path, tuple[int, int]] | None = self._read_sizes() if size is None else None
 
-    def _check_equal_sizes(self) -> None:
-        """ValueError naming the first file that cannot be read or whose width x height differs from the first's."""
-        first = None
+    def _read_sizes(self) -> dict[Path, tuple[int, int]]:
+        """(width, height) of every file from its header; ValueError naming a file that cannot be read."""
+        sizes = {}
         for path in self.paths:
             try:
                 with Image.open(path) as img:
-                    file_size = img.size
+                    sizes[path] = img.size
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 raise ValueError(f"cannot read the image file {str(path)!r} ({type(err).__name__}: {err})") from err
-            if first is None:
-                first = (path, file_size)
-            elif file_size != first[1]:
-                raise ValueError(
-                    f"image file {str(path)!r} is {file_size[0]}x{file_size[1]} pixels but {str(first[0])!r} is "
-                    f"{first[1][0]}x{first[1][1]}: with size=None every image must have one size; set size (>= 1) "
-                    "to resize and centre-crop them")
+        return sizes
 
     def __len__(self) -> int:
         return len(self.paths)
