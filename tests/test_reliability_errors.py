@@ -47,7 +47,7 @@ def full_disk(tmp_path, monkeypatch):
         monkeypatch.setattr(torch, "save", save_on_full_disk)
     yield folder
     if mounted:
-        subprocess.run(["umount", str(folder)], check=True)
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)  # lazy: a failed test may hold a file open
 
 
 def _convert(tmp_path, capsys, state_dict, *extra, out=None) -> tuple[int, str]:
