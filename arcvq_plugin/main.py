@@ -45,6 +45,7 @@ from pytorch_lightning import seed_everything
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.trainer_cli.arguments import TRAINER_ARGUMENTS, parse_args, translate_gpus
 from arcvq_plugin.trainer_cli.callbacks import SetupCallback
+from arcvq_plugin.inference import check_dataset_images
 from arcvq_plugin.trainer_cli.config_check import ConfigError, check_config, check_trainer_kwargs
 from arcvq_plugin.checkpoint_loading import load_checkpoint
 from arcvq_plugin.trainer_cli.resume import check_state_dict_matches, resolve_resume
@@ -204,6 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     data.setup()
     for split, dataset in getattr(data, "datasets", {}).items():
         print(f"{split}, {type(dataset).__name__}, {len(dataset)}")
+    check_dataset_images(model, getattr(data, "datasets", {}))  # before fit creates the log folder
     _set_learning_rate(model, config, trainer, opt.scale_lr, accumulate)
 
     if opt.train:
