@@ -21,9 +21,13 @@ import torch
 
 from .validation import check_int
 
-__all__ = ["SCHEDULE_RESCALES", "arc_weight", "arc_weight_from_exponent", "check_schedule_options",
+__all__ = ["IMAGENET_REFERENCE_HORIZON", "SCHEDULE_RESCALES", "arc_weight", "arc_weight_from_exponent", "check_schedule_options",
            "clock_as_float", "effective_rates", "log_radius", "radius", "radius_from_log", "rescaled_exponent"]
 
+IMAGENET_REFERENCE_HORIZON = 640_590
+"""Codebook steps of the paper's ImageNet run, for which its rates (alpha 1e-5, delta 1e-4) were set:
+Table 7's 15 epochs of batch 30 over ImageNet's 1,281,167 training images, ceil(1,281,167 / 30) =
+42,706 steps per epoch x 15."""
 SCHEDULE_RESCALES = ("arc_weight", "both")
 """``"arc_weight"``: only the ArcLoss decay delta follows the horizon; ``"both"``: delta and the
 norm bound's growth alpha."""
