@@ -66,13 +66,14 @@ def arc_weight(gamma: float, decay: float, clock: torch.Tensor) -> torch.Tensor:
 
 
 def rescaled_exponent(rate: float, effective_rate: float, clock: torch.Tensor,
-                      origin: torch.Tensor) -> torch.Tensor:
+                      origin: Union[int, torch.Tensor]) -> torch.Tensor:
     """``rate * origin + effective_rate * (clock - origin)``, in the clock's float dtype.
 
-    The exponent of a schedule whose configured ``rate`` ran up to the clock value ``origin`` and
-    ``effective_rate`` since: ``log R(t)`` with the alphas, ``-log(lambda(t) / gamma)`` with the deltas.
+    The exponent of a schedule whose configured ``rate`` ran up to the clock value ``origin`` (an
+    int, or a tensor like ``clock``) and ``effective_rate`` since: ``log R(t)`` with the alphas,
+    ``-log(lambda(t) / gamma)`` with the deltas.
     """
-    origin_float = clock_as_float(origin)
+    origin_float = clock_as_float(origin) if isinstance(origin, torch.Tensor) else float(origin)
     return rate * origin_float + effective_rate * (clock_as_float(clock) - origin_float)
 
 
