@@ -18,7 +18,7 @@ reads every ``*/results.json`` below the folder (whatever runs exist; a run leng
   schedule, one panel per baseline;
 - ``budget_study.json``: every paired difference (seeds, per-seed values, mean, interval).
 
-Existing outputs are refused unless ``--force``.
+Existing outputs are refused (exit 2) unless ``--force``; the files are written together or not at all.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from arcvq_plugin.atomic_outputs import AtomicOutputs, check_output_path
+from arcvq_plugin.atomic_outputs import AtomicOutputs, OutputError, check_output_path
 from arcvq_plugin.vqvae.statistics import CONFIDENCE, paired_difference
 
 __all__ = ["BASELINES", "METRICS", "SCHEDULE_LABELS", "collect_runs", "differences", "main", "markdown_table",
@@ -184,11 +184,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not args.runs.is_dir():
         parser.error(f"runs must be an existing folder, got {str(args.runs)!r}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    check_output_path(args.out, "--out", force=args.force, folder=True, names=OUTPUT_NAMES)
+    try:
+        check_output_path(args.out, "--out", force=args.force, folder=True, names=OUTPUT_NAMES)
+    except OutputError as err:
+        parser.error(str(err))
     entries = differences(collect_runs(args.runs))
     if not entries:
         parser.error(f"runs: no results.json with an arcvq row below {str(args.runs)!r}")
+    args.out.mkdir(parents=True, exist_ok=True)
     with AtomicOutputs({n: args.out / n for n in OUTPUT_NAMES}, force=args.force) as outputs:
         outputs.temp["budget_study.md"].write_text(markdown_table(entries))
         save_psnr_figure(entries, outputs.temp["budget_study_psnr.png"])
