@@ -53,12 +53,18 @@ from .schedules import (arc_weight, arc_weight_from_exponent, check_schedule_opt
                         log_radius, radius, radius_from_log, rescaled_exponent)
 from .validation import check_bool, check_int, check_real
 
-__all__ = ["ArcQuantizer"]
+__all__ = ["ArcQuantizer", "is_schedule_state_key"]
 
 UNBOUNDED_FORWARDS_WARNING = 100
 """Training forwards without ``after_optimizer_step()`` after which a (single) warning is issued."""
 GRADIENT_ESTIMATORS = ("ste", "rotation")
 HORIZON_BUFFERS = ("schedule_horizon_steps", "schedule_origin", "effective_rates")
+def is_schedule_state_key(key: str) -> bool:
+    """Whether a state_dict key is one of an ArcQuantizer's horizon buffers: schedule state, which
+    a model for inference may have or lack whatever its checkpoint holds."""
+    return key.rsplit(".", 1)[-1] in HORIZON_BUFFERS
+
+
 UNSET = -1
 """``schedule_horizon_steps`` of an unresolved ``auto`` horizon and ``schedule_origin`` before the
 first optimizer step."""

@@ -197,3 +197,20 @@ def test_resolving_needs_a_horizon_and_a_positive_length():
         make().resolve_schedule_horizon(10)
     with pytest.raises(ValueError, match="schedule_horizon must be an integer >= 1, got 0"):
         make(schedule_horizon="auto", schedule_reference_horizon=10).resolve_schedule_horizon(0)
+
+
+def test_inference_loads_checkpoints_with_or_without_horizon_state():
+    from arcvq_plugin.inference import build_inference_model
+
+    node = {"target": "arcvq_plugin.ArcQuantizer", "params": {"n_e": 6, "e_dim": 3}}
+    with_horizon = {**node, "params": {**node["params"], **AUTO_PARAMS}}
+    trained = make(**AUTO_PARAMS)
+    trained.resolve_schedule_horizon(100)
+    plain = make().state_dict()
+    loaded = build_inference_model(node, trained.state_dict())  # strict: the horizon state is not weights
+    assert torch.equal(loaded.embedding.weight, trained.embedding.weight)
+    assert build_inference_model(with_horizon, plain).resolved_schedule_horizon is None
+    assert build_inference_model(with_horizon, trained.state_dict()).resolved_schedule_horizon == 100
+
+
+AUTO_PARAMS = {"schedule_horizon": "auto", "schedule_reference_horizon": 29_500}
