@@ -151,20 +151,28 @@ def save_psnr_figure(entries: Sequence[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    lengths = sorted({e["steps"] for e in entries})
+    schedules = list(dict.fromkeys(e["schedule"] for e in entries))
     figure, axes = plt.subplots(1, len(BASELINES), figsize=(5 * len(BASELINES), 3.6), sharey=True)
     for axis, (name, label) in zip(axes, BASELINES.items()):
-        for schedule in dict.fromkeys(e["schedule"] for e in entries):
+        for index, schedule in enumerate(schedules):
             points = [(e["steps"], e["versus"][name]["psnr"]) for e in entries
                       if e["schedule"] == schedule and e["versus"].get(name, {}).get("psnr") is not None]
             if not points:
                 continue
-            xs = [s for s, _ in points]
+            shift = 1.0 + 0.03 * (index - (len(schedules) - 1) / 2)  # side by side, intervals readable
+            xs = [s * shift for s, _ in points]
             ys = [d["mean"] for _, d in points]
             errors = [[0.0 if d["interval"] is None else d["mean"] - d["interval"][0] for _, d in points],
                       [0.0 if d["interval"] is None else d["interval"][1] - d["mean"] for _, d in points]]
             axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=SCHEDULE_LABELS.get(schedule, schedule))
         axis.axhline(0.0, color="grey", linewidth=0.8)
         axis.set_xscale("log")
+        axis.set_xticks(lengths)
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("run length (codebook steps)")
         axis.set_title(f"ArcVQ minus {label}")
         axis.grid(True, which="both", alpha=0.3)
