@@ -21,8 +21,9 @@ import torch
 
 from .validation import check_int
 
-__all__ = ["IMAGENET_REFERENCE_HORIZON", "SCHEDULE_RESCALES", "arc_weight", "arc_weight_from_exponent", "check_schedule_options",
-           "clock_as_float", "effective_rates", "log_radius", "radius", "radius_from_log", "rescaled_exponent"]
+__all__ = ["IMAGENET_REFERENCE_HORIZON", "SCHEDULE_RESCALES", "arc_weight", "arc_weight_from_exponent",
+           "check_schedule_options", "clock_as_float", "effective_rates", "log_radius", "radius", "radius_from_log",
+           "rescaled_exponent"]
 
 IMAGENET_REFERENCE_HORIZON = 640_590
 """Codebook steps of the paper's ImageNet run, for which its rates (alpha 1e-5, delta 1e-4) were set:

@@ -12,7 +12,7 @@ from arcvq_plugin import ArcQuantizer
 from arcvq_plugin.norm_bound import clip_rows_to_radius_
 from arcvq_plugin.schedules import arc_weight, effective_rates, log_radius, radius
 
-HORIZON_KEYS = {"schedule_horizon_steps", "schedule_origin", "effective_rates"}
+AUTO_PARAMS = {"schedule_horizon": "auto", "schedule_reference_horizon": 29_500}
 
 
 def make(**kwargs) -> ArcQuantizer:
@@ -212,5 +212,3 @@ def test_inference_loads_checkpoints_with_or_without_horizon_state():
     assert build_inference_model(with_horizon, plain).resolved_schedule_horizon is None
     assert build_inference_model(with_horizon, trained.state_dict()).resolved_schedule_horizon == 100
 
-
-AUTO_PARAMS = {"schedule_horizon": "auto", "schedule_reference_horizon": 29_500}

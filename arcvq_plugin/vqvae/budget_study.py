@@ -84,7 +84,8 @@ def differences(values: Values) -> list[dict]:
         by_schedule = values[steps]
         references = {name: by_schedule.get("paper", {}).get(name, {}) for name in BASELINES}
         references["arcvq-paper"] = by_schedule.get("paper", {}).get("arcvq", {})
-        for schedule in [s for s in SCHEDULE_LABELS if s in by_schedule] + sorted(set(by_schedule) - set(SCHEDULE_LABELS)):
+        known = [s for s in SCHEDULE_LABELS if s in by_schedule]
+        for schedule in known + sorted(set(by_schedule) - set(SCHEDULE_LABELS)):
             arcvq = by_schedule[schedule].get("arcvq")
             if not arcvq:
                 continue
