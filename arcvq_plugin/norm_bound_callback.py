@@ -77,8 +77,9 @@ def run_codebook_steps(trainer: pl.Trainer, module: pl.LightningModule) -> int:
     optimizer step every ``accumulate_grad_batches`` batches and at an epoch's last batch: the
     Trainer's accumulation, or the GAN model's own), whichever ends the run first. Batches per epoch
     are the train dataloader's on this rank after ``limit_train_batches`` (loaded here if needed);
-    every DDP rank gets the same count. ``max_time`` is not a length. ValueError when the run has
-    no finite length or is manually optimised by anything but ``ManualGANTraining``.
+    every DDP rank gets the same count. ``max_time`` is not a length; Lightning's default
+    ``max_epochs`` (1000 when neither limit is set) is. ValueError when the run has no finite
+    length (or no training batch) or is manually optimised by anything but ``ManualGANTraining``.
     """
     from arcvq_plugin.gan_training import OPTIMIZERS_PER_STEP, ManualGANTraining  # it imports this module
 
