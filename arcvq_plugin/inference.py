@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.quantizer import is_schedule_state_key
 
 __all__ = ["IDENTITY_LOSS", "LOSS_PREFIX", "CheckpointMismatch", "build_inference_model", "check_dataset_images",
            "check_images", "encoder_input", "inference_config"]
@@ -76,7 +77,7 @@ def build_inference_model(model_node: Mapping | DictConfig, state_dict: Mapping[
         model_node: ``{target, params}`` of the model (see :func:`inference_config`).
         state_dict: name -> tensor (``loss.*`` entries are skipped unless ``keep_loss``).
         strict: True (default): every non-``loss.*`` key of the model must be in ``state_dict``
-            and vice versa. False: keys on one side only are left as they are (built weights,
+            and vice versa (except an ArcQuantizer's schedule-horizon buffers, training state). False: keys on one side only are left as they are (built weights,
             ignored entries). Shapes must fit either way.
         keep_loss: build ``params.lossconfig`` as configured and load its weights where present.
         source: how error messages name ``state_dict`` (e.g. its file).
@@ -89,8 +90,10 @@ def build_inference_model(model_node: Mapping | DictConfig, state_dict: Mapping[
     expected = model.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                   for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    missing = [k for k in expected if k not in state and not k.startswith(LOSS_PREFIX)]
-    unexpected = [k for k in state if k not in expected and not k.startswith(LOSS_PREFIX)]
+    missing = [k for k in expected if k not in state and not k.startswith(LOSS_PREFIX)
+               and not is_schedule_state_key(k)]
+    unexpected = [k for k in state if k not in expected and not k.startswith(LOSS_PREFIX)
+                  and not is_schedule_state_key(k)]
     if mismatched or (strict and (missing or unexpected)):
         message = f"{source} does not fit the model {model_node.get('target')} (another architecture?):"
         if mismatched:

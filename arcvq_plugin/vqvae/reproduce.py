@@ -53,9 +53,8 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path
 from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.schedules import arc_weight, radius
 from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
-                                       schedule_overrides)
+                                       schedule_end, schedule_overrides)
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_codebook_figures, save_reconstruction_grid,
                                         save_table_figures)
 from arcvq_plugin.vqvae.model import VQVAE
@@ -122,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto (default: cuda when torch sees a GPU, else cpu), cpu or cuda")
     parser.add_argument("--schedule", choices=SCHEDULES, default="paper",
-                        help="paper (default); relative: ArcLoss decay delta and BBNR growth alpha times "
-                             "paper steps / run steps, so lambda(t) and R(t) have the paper's shape over the run; "
-                             "relative-lambda: delta only. Not the paper's setting: labelled in every table")
+                        help="paper (default); relative: ArcQuantizer schedule_horizon = run steps with "
+                             "schedule_rescale both (ArcLoss decay delta and BBNR growth alpha times paper steps / "
+                             "run steps, so lambda(t) and R(t) have the paper's shape over the run); relative-lambda: "
+                             "schedule_rescale arc_weight (delta only). Not the paper's setting: labelled in every table")
     parser.add_argument("--sweep", type=parse_sweep, action="append", default=[], metavar="KEY=V1,V2,...",
                         help="one table per sweep of a model or quantiser parameter, e.g. arc_top_k=1,3,8, "
                              "arc_m=0.1,0.5,1.0, arc_s=5,10,20, embed_dim=4,8,16 (repeatable)")
@@ -285,20 +285,17 @@ def _schedule_notes(schedule: str, factor: float, steps: int, paper_steps: int, 
                     paper_config: DictConfig) -> list[str]:
     """Lines stating the ArcVQ schedule of the run (lambda and R at its last step, against the paper's);
     a schedule other than the paper's says that it is a deviation."""
-    def ends(params: DictConfig, clock: int) -> tuple[float, float]:
-        t = torch.tensor(clock)
-        return (float(arc_weight(float(params.arc_gamma), float(params.arc_gamma_decay), t)),
-                float(radius(float(params.bbnr_alpha), t)))
-
     params, paper = config.model.params.quantizer_config.params, paper_config.model.params.quantizer_config.params
-    (weight, bound), (paper_weight, paper_bound) = ends(params, steps), ends(paper, paper_steps)
+    (weight, bound), (paper_weight, paper_bound) = schedule_end(params, steps), schedule_end(paper, paper_steps)
     end = (f"at the run's last step ({steps}) lambda = {weight:.3g} and R = {bound:.4g}; the paper's schedule "
            f"ends ({paper_steps} steps) at lambda = {paper_weight:.3g} and R = {paper_bound:.4g}")
     if schedule == "paper":
-        return [f"Schedule: the paper's (delta {float(params.arc_gamma_decay):.3g}, alpha {float(params.bbnr_alpha):.3g}); {end}."]
+        return [f"Schedule: the paper's (delta {float(params.arc_gamma_decay):.3g}, alpha {float(params.bbnr_alpha):.3g}), "
+                f"the recommended setting (README, \"Schedules that fit the run\"); {end}."]
     scaled = "delta and alpha" if schedule == "relative" else "delta only"
     return [f"**Schedule: {schedule}, a deviation from the paper**: {scaled} multiplied by {factor:.4g} "
-            f"(paper steps / run steps); {end}."]
+            f"(paper steps / run steps: ArcQuantizer schedule_horizon {steps}, schedule_reference_horizon "
+            f"{params.schedule_reference_horizon}, schedule_rescale {params.schedule_rescale}); {end}."]
 
 
 def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, sweeps: Sequence[Sweep]) -> dict:
@@ -327,8 +324,9 @@ def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, swee
                 OmegaConf.update(config, "model.params.check_finite", False)
             quantizer = config.model.params.get("quantizer_config")
             if is_arc_quantizer(quantizer):
-                for param, scaled in schedule_overrides(quantizer.params, args.schedule, paper_steps / steps).items():
-                    OmegaConf.update(config, f"model.params.quantizer_config.params.{param}", scaled)
+                reference = int(quantizer.params.get("schedule_reference_horizon") or paper_steps)
+                for param, value in schedule_overrides(args.schedule, steps, reference).items():
+                    OmegaConf.update(config, f"model.params.quantizer_config.params.{param}", value)
                 if device.type == "cuda":  # its per-forward finiteness check is a host sync; BoundTrace checks per epoch
                     OmegaConf.update(config, "model.params.quantizer_config.params.check_finite", False)
                 if not notes or (row == "arcvq" and key is None):
