@@ -44,13 +44,14 @@ from pytorch_lightning import seed_everything
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.trainer_cli.arguments import TRAINER_ARGUMENTS, parse_args, translate_gpus
-from arcvq_plugin.trainer_cli.callbacks import SetupCallback
+from arcvq_plugin.checkpoint_writing import AtomicCheckpointIO
+from arcvq_plugin.trainer_cli.callbacks import CheckpointOnCrash, SetupCallback, install_early_signal_handler
 from arcvq_plugin.trainer_cli.config_check import ConfigError, check_config, check_trainer_kwargs
-from arcvq_plugin.checkpoint_loading import load_checkpoint
-from arcvq_plugin.trainer_cli.resume import check_state_dict_matches, resolve_resume
+from arcvq_plugin.checkpoint_loading import CheckpointReadError, load_checkpoint
+from arcvq_plugin.trainer_cli.resume import ResumeError, check_state_dict_matches, resolve_resume
 from arcvq_plugin.trainer_cli.training_setup import added_callbacks, hand_accumulation_to_model
 
-__all__ = ["main"]
+__all__ = ["main", "cli"]
 
 RUN_TIMESTAMP_ENV = "ARCVQ_TRAIN_TIMESTAMP"
 """Rank 0 exports its run timestamp here; the DDP processes Lightning launches (``LOCAL_RANK`` > 0,
@@ -125,7 +126,7 @@ def _default_callbacks(model: pl.LightningModule, ckptdir: str) -> dict[str, Any
                          "params": {"batch_frequency": 750, "max_images": 4, "clamp": True}},
         "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                                  "params": {"logging_interval": "step"}},
-        "checkpoint_callback": {"target": "pytorch_lightning.callbacks.ModelCheckpoint",
+        "checkpoint_callback": {"target": "arcvq_plugin.checkpoint_writing.CurrentLastModelCheckpoint",
                                 "params": modelckpt_params},
     }
 
@@ -161,6 +162,7 @@ def _set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: p
 
 def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the Trainer."""
+    install_early_signal_handler()
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # as upstream: modules next to the configs can be targets
     opt, trainer_overrides, dotlist = parse_args(sys.argv[1:] if argv is None else argv)
@@ -182,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     model = instantiate_from_config(config.model)
     weights_only = None
     if ckpt is not None:
-        checkpoint, weights_only = load_checkpoint(ckpt)
+        checkpoint, weights_only = load_checkpoint(ckpt, opt.trust_checkpoint)
         check_state_dict_matches(model, checkpoint, ckpt)
         del checkpoint
 
@@ -195,9 +197,12 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     callbacks_cfg = OmegaConf.merge(callbacks_cfg, lightning_config.get("callbacks", None) or {})
     callbacks = [instantiate_from_config(callbacks_cfg[key]) for key in callbacks_cfg]
     callbacks.append(SetupCallback(now, logdir, ckptdir, os.path.join(logdir, "configs"), config, lightning_config))
-    callbacks += added_callbacks(model, callbacks, os.path.join(ckptdir, "last.ckpt"))
+    last_ckpt = os.path.join(ckptdir, "last.ckpt")
+    callbacks += added_callbacks(model, callbacks, last_ckpt)
+    callbacks.append(CheckpointOnCrash(last_ckpt))
     accumulate = hand_accumulation_to_model(model, trainer_kwargs)
-    trainer = pl.Trainer(**trainer_kwargs, logger=instantiate_from_config(logger_cfg), callbacks=callbacks)
+    trainer = pl.Trainer(**trainer_kwargs, logger=instantiate_from_config(logger_cfg), callbacks=callbacks,
+                         plugins=[AtomicCheckpointIO()])
 
     data = instantiate_from_config(config.data)
     data.prepare_data()
@@ -216,5 +221,32 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     return trainer
 
 
+CONFIG_ERRORS = (ConfigError, ResumeError, CheckpointReadError, FileExistsError, ValueError)
+"""Errors in what the user asked for (config, arguments, resume path, checkpoint): exit status 2."""
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``arcvq-train`` console script: :func:`main`, then an exit status.
+
+    0 after a successful run; 2 for an error in the arguments, configs, resume path or
+    checkpoint (as argparse does); 1 for a failure while building or training the model. The
+    error is printed as ``arcvq-train: error: <message>``; ``main()`` is where a traceback is wanted.
+    """
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except CONFIG_ERRORS as err:
+        print(f"arcvq-train: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - any runtime failure becomes exit status 1, with its traceback
+        import traceback
+
+        traceback.print_exc()
+        print(f"arcvq-train: error: training failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
