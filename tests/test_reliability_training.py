@@ -20,6 +20,7 @@ import torch
 from arcvq_plugin.checkpoint_loading import CheckpointReadError, load_checkpoint
 from arcvq_plugin.checkpoint_writing import CheckpointWriteError, write_atomically
 from arcvq_plugin.data.module import DataModuleFromConfig
+from arcvq_plugin.evaluation.cli import main as eval_main
 from arcvq_plugin.ldm.checkpoints import load_for_inference
 from arcvq_plugin.main import cli
 
@@ -205,7 +206,11 @@ def test_checkpoints_that_pickle_calls_are_refused_before_anything_runs(tmp_path
         load_checkpoint(planted)
     (project,) = glob.glob(str(run / "configs" / "*-project.yaml"))
     with pytest.raises(CheckpointReadError, match="--trust-checkpoint"):
-        load_for_inference([project], str(planted))
+        load_for_inference([project], str(planted))  # arcvq-tokens, arcvq-sample-ldm, arcvq-prior sample
+    assert eval_main(["model", "--ckpt", str(planted), "--base", project, "--json", str(tmp_path / "e.json")]) == 2
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    assert train(tmp_path / "finetune", f"model.params.ckpt_path={planted}") == 2  # a config's ckpt_path
+    assert "--trust-checkpoint" in capsys.readouterr().err
     assert not marker.exists()
     with pytest.warns(UserWarning, match="--trust-checkpoint was given"):
         load_checkpoint(planted, trust_checkpoint=True)
