@@ -20,7 +20,14 @@ every 750 steps, 4 images), ``learning_rate_logger`` (``LearningRateMonitor`` pe
 model has one); Lightning's progress bar; and :func:`arcvq_plugin.trainer_cli.training_setup.added_callbacks`:
 a checkpoint on SIGUSR1 at the end of the current batch, the RNG states in checkpoints, and a
 ``NormBoundCallback`` for models containing an ``arcvq_plugin.ArcQuantizer`` when the config lists
-none. ``accumulate_grad_batches`` of a manually optimised GAN model is handed to the model
+none; and :class:`~arcvq_plugin.trainer_cli.callbacks.CheckpointOnCrash` (``last.ckpt`` when fit
+raises before any optimizer step of its batch). The checkpoint callback is
+:class:`arcvq_plugin.checkpoint_writing.CurrentLastModelCheckpoint` (``last.ckpt`` never versioned to
+``last-v1.ckpt``) and every checkpoint is written atomically
+(:class:`~arcvq_plugin.checkpoint_writing.AtomicCheckpointIO`). SIGUSR1 before fit prints a message.
+``-r`` loads the checkpoint tensors-only unless ``--trust-checkpoint`` is given. The console script
+(:func:`cli`) exits 0 after success, 2 on an error in the arguments, configs or checkpoint, 1 when
+training fails. ``accumulate_grad_batches`` of a manually optimised GAN model is handed to the model
 (:func:`~arcvq_plugin.trainer_cli.training_setup.hand_accumulation_to_model`).
 
 Differences from upstream, all forced by pytorch-lightning 2.x or by exactness: ``--gpus`` maps to
