@@ -168,9 +168,9 @@ def test_crash_between_optimizer_steps_saves_nothing(tmp_path):
     assert not (run_dir(tmp_path) / "checkpoints" / "last.ckpt").exists()
 
 
-def test_sigusr1_before_fit_is_a_message_not_death(tmp_path, capsys):
+def test_sigusr1_before_fit_is_a_message_not_death(tmp_path, capfd):
     assert train(tmp_path, "--no-test", "data.target=test_reliability_training.SignalDuringSetup") == 0
-    assert "Received SIGUSR1 while not training" in capsys.readouterr().out
+    assert "Received SIGUSR1 while not training" in capfd.readouterr().err
 
 
 # 9. trust rule --------------------------------------------------------------------------------

@@ -137,9 +137,10 @@ class CheckpointOnSignal(pl.Callback):
 
 
 def report_early_signal(signum: int, frame: Any) -> None:
-    """The SIGUSR1 handler from start-up until fit begins (and after it ends): a message, no checkpoint."""
-    print(f"Received {signal.Signals(signum).name} while not training (before fit started or after it "
-          "ended): no checkpoint to write, continuing.", flush=True)
+    """The SIGUSR1 handler from start-up until fit begins (and after it ends): a message on stderr
+    (``os.write``: a ``print`` could re-enter a write the signal interrupted), no checkpoint."""
+    os.write(2, f"Received {signal.Signals(signum).name} while not training (before fit started or after "
+                "it ended): no checkpoint to write, continuing.\n".encode())
 
 
 def install_early_signal_handler(signum: int = signal.SIGUSR1) -> None:
