@@ -43,6 +43,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import traceback
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
@@ -63,6 +64,8 @@ __all__ = ["main", "cli"]
 RUN_TIMESTAMP_ENV = "ARCVQ_TRAIN_TIMESTAMP"
 """Rank 0 exports its run timestamp here; the DDP processes Lightning launches (``LOCAL_RANK`` > 0,
 started with the same command line) reuse it, so every rank agrees on the log dir."""
+DURING_TRAINING_NOTE = "arcvq-train: raised during trainer.fit"
+"""Note added to an exception raised by ``trainer.fit``: :func:`cli` exits 1 for it whatever its type."""
 DEFAULT_CALLBACK_NAMES = ("image_logger", "learning_rate_logger", "checkpoint_callback")
 
 
@@ -219,7 +222,11 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     _set_learning_rate(model, config, trainer, opt.scale_lr, accumulate)
 
     if opt.train:
-        trainer.fit(model, data, ckpt_path=ckpt, weights_only=weights_only)
+        try:
+            trainer.fit(model, data, ckpt_path=ckpt, weights_only=weights_only)
+        except Exception as err:
+            err.add_note(DURING_TRAINING_NOTE)
+            raise
     if not opt.no_test and not trainer.interrupted:
         if _has_test_split(data, model):
             trainer.test(model, data)
@@ -229,7 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
 
 
 CONFIG_ERRORS = (ConfigError, ResumeError, CheckpointReadError, FileExistsError, ValueError)
-"""Errors in what the user asked for (config, arguments, resume path, checkpoint): exit status 2."""
+"""Errors in what the user asked for (config, arguments, resume path, checkpoint), raised before
+training starts: exit status 2."""
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
@@ -244,15 +252,19 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     except CONFIG_ERRORS as err:
+        if DURING_TRAINING_NOTE in getattr(err, "__notes__", ()):
+            return _training_failed(err)
         print(f"arcvq-train: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - any runtime failure becomes exit status 1, with its traceback
-        import traceback
-
-        traceback.print_exc()
-        print(f"arcvq-train: error: training failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return _training_failed(err)
     return 0
+
+
+def _training_failed(err: Exception) -> int:
+    traceback.print_exception(err)
+    print(f"arcvq-train: error: training failed: {type(err).__name__}: {err}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
