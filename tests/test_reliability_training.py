@@ -57,7 +57,7 @@ class FailAtBatchStart(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == 2:
-            raise RuntimeError("synthetic failure before the optimizer step")
+            raise ValueError("synthetic failure before the optimizer step")  # no config error: exit 1
 
 
 class FailAfterOptimizerStep(pl.Callback):
