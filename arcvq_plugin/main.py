@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
 import traceback
 from typing import Any, Optional, Sequence
@@ -171,8 +172,20 @@ def _set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
-    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the Trainer."""
-    install_early_signal_handler()
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the Trainer.
+
+    SIGUSR1 prints a message outside fit (:func:`install_early_signal_handler`) while this runs;
+    the caller's handler is restored on return.
+    """
+    previous_handler = install_early_signal_handler()
+    try:
+        return _train(argv)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGUSR1, previous_handler)
+
+
+def _train(argv: Optional[Sequence[str]]) -> pl.Trainer:
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # as upstream: modules next to the configs can be targets
     opt, trainer_overrides, dotlist = parse_args(sys.argv[1:] if argv is None else argv)

@@ -143,12 +143,13 @@ def report_early_signal(signum: int, frame: Any) -> None:
                 "it ended): no checkpoint to write, continuing.\n".encode())
 
 
-def install_early_signal_handler(signum: int = signal.SIGUSR1) -> None:
-    """Handle ``signum`` with :func:`report_early_signal` (main thread only; elsewhere nothing changes)."""
+def install_early_signal_handler(signum: int = signal.SIGUSR1) -> Optional[Any]:
+    """Handle ``signum`` with :func:`report_early_signal`; returns the previous handler (None outside
+    the main thread, where nothing changes)."""
     try:
-        signal.signal(signum, report_early_signal)
+        return signal.signal(signum, report_early_signal)
     except ValueError:
-        pass
+        return None
 
 
 class CheckpointOnCrash(pl.Callback):
