@@ -257,8 +257,9 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     """The ``arcvq-train`` console script: :func:`main`, then an exit status.
 
     0 after a successful run; 2 for an error in the arguments, configs, resume path or
-    checkpoint (as argparse does); 1 for a failure while building or training the model. The
-    error is printed as ``arcvq-train: error: <message>``; ``main()`` is where a traceback is wanted.
+    checkpoint found before training (as argparse does), printed as ``arcvq-train: error: <message>``;
+    1 for any other failure and for every exception raised by ``trainer.fit``, printed with its
+    traceback. Call :func:`main` to get the Trainer or the exception instead.
     """
     try:
         main(argv)
