@@ -217,3 +217,22 @@ def test_checkpoints_that_pickle_calls_are_refused_before_anything_runs(tmp_path
     assert marker.exists()
     with pytest.raises(ValueError, match="trust_checkpoint must be True or False, got 'yes'"):
         load_checkpoint(planted, trust_checkpoint="yes")
+
+
+def test_every_console_script_exits_non_zero_on_a_bad_option(monkeypatch, capsys):
+    """Each console script of setup.cfg, run as ``python -m <module>``, exits 2 on an unknown option
+    (``--help``, the success path, exits 0: ``test_entry_points.py``)."""
+    import configparser
+    import runpy
+
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    for line in lines:
+        name, target = (part.strip() for part in line.split("=", 1))
+        module = target.split(":")[0]
+        monkeypatch.setattr(sys, "argv", [name, "--no-such-option-anywhere"])
+        with pytest.raises(SystemExit) as stopped:
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+        assert stopped.value.code == 2, name
+    assert "--no-such-option-anywhere" in capsys.readouterr().err
