@@ -3,6 +3,7 @@ taming's contract, decoding from indices, eval / passive forwards, exact resume 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -180,3 +181,30 @@ def check_two_ranks(factory: Factory, tmp_path, equals_single_process: bool) -> 
         single = fit(Tokenizer(factory).train(), global_batches())
         for key in single:
             torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "vqvae"
+QUANTIZER_KEY = "quantizer_config"
+
+
+def check_row_configs(row: str, target: str) -> dict:
+    """``configs/vqvae/<dataset>_<row>.yaml`` is ``<dataset>_vq.yaml`` with another quantizer_config (both
+    datasets); the MNIST row trains two steps through ``arcvq-reproduce``'s ``train_row``. Returns
+    ``{"before": state dict, "after": state dict, "quantizer": trained quantiser}``."""
+    from omegaconf import OmegaConf
+
+    from arcvq_plugin.config import instantiate_from_config
+    from arcvq_plugin.vqvae.reproduce import row_config, train_row
+
+    for dataset in ("mnist", "cifar10"):
+        vq = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{dataset}_vq.yaml"))
+        ours = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{dataset}_{row}.yaml"))
+        assert ours["model"]["params"].pop(QUANTIZER_KEY)["target"] == target
+        vq["model"]["params"].pop(QUANTIZER_KEY)
+        assert ours == vq, dataset
+    config = row_config(CONFIGS, "mnist", row, epochs=1, batch_size=8, limit_train=16, limit_test=8)
+    torch.manual_seed(0)
+    before = instantiate_from_config(config.model).state_dict()
+    trained = train_row(config, seed=0, progress_bar=False, device="cpu")
+    assert trained.clipped_fraction is None  # no clock, no NormBoundCallback
+    return {"before": before, "after": trained.model.state_dict(), "quantizer": trained.model.quantize}

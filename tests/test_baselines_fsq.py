@@ -138,3 +138,9 @@ def test_built_from_a_models_quantizer_config():
     config = OmegaConf.create({"target": "arcvq_plugin.baselines.FSQ", "params": {"levels": [8, 8, 8]}})
     q = build_quantizer(config, 512, 64)
     assert isinstance(q, FSQ) and (q.n_e, q.e_dim, q.levels) == (512, 64, [8, 8, 8])
+
+
+def test_row_config_is_the_vq_row_with_fsq_and_trains(one_thread):
+    run = checks.check_row_configs("fsq", "arcvq_plugin.baselines.FSQ")
+    assert isinstance(run["quantizer"], FSQ) and run["quantizer"].levels == [8, 8, 8]
+    assert not torch.equal(run["before"]["quantize.project_in.weight"], run["after"]["quantize.project_in.weight"])

@@ -180,3 +180,11 @@ def test_built_from_a_models_quantizer_config():
     q = build_quantizer({"target": "arcvq_plugin.baselines.IndexPropagationQuantizer",
                          "params": {"entropy_weight": 0.1}}, 32, 8)
     assert isinstance(q, IndexPropagationQuantizer) and (q.n_e, q.e_dim, q.entropy_weight) == (32, 8, 0.1)
+
+
+def test_row_config_is_the_vq_row_with_ibq_and_trains(one_thread):
+    run = checks.check_row_configs("ibq", "arcvq_plugin.baselines.IndexPropagationQuantizer")
+    quantizer = run["quantizer"]
+    assert isinstance(quantizer, IndexPropagationQuantizer) and quantizer.entropy_weight == 0.05
+    assert not torch.equal(run["before"]["quantize.embedding.weight"], run["after"]["quantize.embedding.weight"])
+    assert set(quantizer.loss_breakdown) == {"quant", "sample_entropy", "avg_entropy", "entropy", "perplexity"}

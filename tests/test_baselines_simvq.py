@@ -123,3 +123,10 @@ def test_built_from_a_models_quantizer_config():
 
     q = build_quantizer({"target": "arcvq_plugin.baselines.SimVQ", "params": {"legacy": False}}, 32, 8)
     assert isinstance(q, SimVQ) and (q.n_e, q.e_dim, q.legacy) == (32, 8, False)
+
+
+def test_row_config_is_the_vq_row_with_simvq_and_trains(one_thread):
+    run = checks.check_row_configs("simvq", "arcvq_plugin.baselines.SimVQ")
+    assert isinstance(run["quantizer"], SimVQ) and run["quantizer"].legacy is False
+    assert torch.equal(run["before"]["quantize.embedding.weight"], run["after"]["quantize.embedding.weight"])
+    assert not torch.equal(run["before"]["quantize.embedding_proj.weight"], run["after"]["quantize.embedding_proj.weight"])
