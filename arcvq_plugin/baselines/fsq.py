@@ -93,7 +93,7 @@ class FSQ(QuantizerContract, nn.Module):
         if (levels is None or isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence)
                 or len(levels) == 0):
             raise ValueError(f"levels must be a non-empty list of integers >= 3, got {levels!r}")
-        levels = [check_int("levels[i]", level, minimum=3) for level in levels]
+        levels = [check_int(f"levels[{i}]", level, minimum=3) for i, level in enumerate(levels)]
         if int(np.prod(levels)) != n_e:
             raise ValueError(f"n_e must equal the product of levels {levels} ({int(np.prod(levels))}), got {n_e}")
         super().__init__()

@@ -46,9 +46,9 @@ lucidrains' vector-quantize-pytorch has no IBQ; the authors' code is followed.
 Memory: the soft one-hot is dense, B x K x H x W, and the forward with its backward holds about
 :data:`DENSE_COPIES` tensors of that size (logits, softmax, hard and straight-through one-hots, the
 entropy term's probabilities and log-probabilities, their gradients). A forward whose estimate
-``DENSE_COPIES * B * K * H * W * bytes per element`` exceeds the free memory of z's device (or
-``memory_limit_bytes`` when given) is refused with a ValueError before any work; docs/BENCHMARKS.md
-has the measured figure.
+``DENSE_COPIES * B * K * H * W * bytes per element`` exceeds the memory z's device can still give
+(CUDA: free plus torch's unused cache; CPU: the host's available memory), or ``memory_limit_bytes``
+when given, is refused with a ValueError before any work; docs/BENCHMARKS.md has the measured peak.
 
 The entropy term's batch average p_bar is over the latents of this process's batch, as in the
 authors' multi-GPU training (no reduction over ranks); the method keeps no statistics, so on several
@@ -93,9 +93,19 @@ def entropy_terms(logits: torch.Tensor, temperature: float) -> tuple[torch.Tenso
 
 
 def _free_bytes(device: torch.device) -> int:
-    """Free memory of ``device`` in bytes: CUDA's ``mem_get_info``, else the host's available pages."""
+    """Memory a forward on ``device`` can still take, in bytes. CUDA: the device's free memory plus what
+    torch's caching allocator holds unused; otherwise the host's ``MemAvailable`` (/proc/meminfo), or
+    its free pages where that file does not exist."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + int(cached)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
