@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from einops import reduce
+from einops import rearrange, reduce
 from torch import einsum
 
 import baseline_checks as checks
@@ -59,7 +59,8 @@ def test_forward_and_gradients_equal_the_authors_transcription_in_float64():
     (loss + z_q.pow(3).sum()).backward()
     weight = q.embedding.weight.detach().clone().requires_grad_(True)
     z_ref = z.detach().clone().requires_grad_(True)
-    ref_z_q, (quant, sample_entropy, avg_entropy, entropy), ref_indices = reference_forward(z_ref, weight, 0.3, 0.5, N_E)
+    ref_z_q, terms, ref_indices = reference_forward(z_ref, weight, 0.3, 0.5, N_E)
+    quant, sample_entropy, avg_entropy, entropy = terms
     ref_loss = 1.0 * quant + 0.05 * entropy  # vqperceptual.py:181-182, quant_loss_weight 1
     (ref_loss + ref_z_q.pow(3).sum()).backward()
     assert torch.equal(indices, ref_indices) and len(set(indices.tolist())) > 1
@@ -88,8 +89,9 @@ def test_straight_through_on_the_soft_one_hot_is_the_published_formula():
     g = G @ E.T
     dlogits = s * (g - (s * g).sum(dim=1, keepdim=True))
     hard = F.one_hot(indices, N_E).double()
-    torch.testing.assert_close(z_q.detach().permute(0, 2, 3, 1).reshape(-1, checks.E_DIM), E[indices], rtol=0, atol=1e-15)
-    torch.testing.assert_close(z.grad.permute(0, 2, 3, 1).reshape(-1, checks.E_DIM), dlogits @ E, rtol=1e-12, atol=1e-14)
+    rows = "b d h w -> (b h w) d"
+    torch.testing.assert_close(rearrange(z_q.detach(), rows), E[indices], rtol=0, atol=1e-15)
+    torch.testing.assert_close(rearrange(z.grad, rows), dlogits @ E, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(q.embedding.weight.grad, dlogits.T @ z_flat + hard.T @ G, rtol=1e-12, atol=1e-14)
     assert float(dlogits.abs().sum()) > 1e-3  # the softmax is soft here: a non-trivial check
 
