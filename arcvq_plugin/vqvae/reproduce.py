@@ -12,10 +12,11 @@ differences between rows are paired by seed (``statistics``).
 
 Tables: without ``--sweep`` one table of the ``--rows`` (default vq, cosine, bbnr, arcvq; also
 ``arcvq_fixed_bound``, Appendix D.4; ``cvq``, the CVQ-VAE baseline of Table 1; ``arcvq_rotation``,
-ArcVQ with the rotation trick); each ``--sweep key=v1,v2,...`` gives one table of the
-``--rows`` (default arcvq) at each value. Every table shows every seed, mean +- std per row, the
-reference row (ArcVQ-VAE, or the sweep's default value) minus every other row with a 95%
-t-interval over seeds, and the paper's numbers. Written to ``--out``:
+ArcVQ with the rotation trick; ``simvq``, ``ibq``, ``fsq``, baselines of ``arcvq_plugin.baselines``);
+each ``--sweep key=v1,v2,...`` gives one table of the ``--rows`` (default arcvq) at each value.
+Every table shows every seed, mean +- std per row, the reference row (ArcVQ-VAE, or the sweep's
+default value) minus every other row with a 95% t-interval over seeds, and the paper's numbers.
+Written to ``--out``:
 
     results.json                    settings, machine, every table (seeds, summaries, differences)
     table.md                        the printed tables
@@ -368,7 +369,9 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
     unavailable.update({name: why for name, why in (result.get("unavailable") or {}).items() if requested.get(name, True)})
     metrics = {k: result[k] for k in ("psnr", "ssim", "lpips", "rfid")}
     metrics.update(codebook_metrics(indices, model.n_embed))
-    codebook = model.quantize.embedding.weight.detach().cpu()
+    quantize = model.quantize  # SimVQ, FSQ: the decoder sees ``codebook``, not ``embedding.weight``
+    codebook = quantize.codebook if hasattr(type(quantize), "codebook") else quantize.embedding.weight
+    codebook = codebook.detach().cpu()
     clipping = summarize_clipping(trained.clipped_fraction)
     metrics.update(mean_code_norm=float(codebook.double().norm(dim=1).mean()),
                    clipped_last=None if clipping is None else clipping["last"], clipping=clipping,
@@ -385,7 +388,6 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
         (out / "clipping").mkdir(exist_ok=True)
         _write_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
             f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
-    quantize = model.quantize
     snapshot = CodebookSnapshot(
         label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
         reconstructions=fake[:N_GRID_IMAGES], originals=real[:N_GRID_IMAGES],
