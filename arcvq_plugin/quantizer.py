@@ -182,8 +182,9 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         if schedule_horizon is not None:  # with None, the state_dict is the paper schedule's, unchanged
             self.register_buffer("schedule_horizon_steps", torch.tensor(UNSET, dtype=torch.long))
             self.register_buffer("schedule_origin", torch.tensor(UNSET, dtype=torch.long))
-            # (effective alpha, effective delta), float32 for display; the exact rates follow from T
-            self.register_buffer("effective_rates", torch.full((2,), float("nan")))
+            # (effective alpha, effective delta), float32 for display; the exact rates follow from T.
+            # Zeros until T is resolved (schedule_horizon_steps == UNSET says so): state stays finite.
+            self.register_buffer("effective_rates", torch.zeros(2))
             if schedule_horizon != "auto":
                 self.resolve_schedule_horizon(schedule_horizon)
 
