@@ -70,6 +70,7 @@ ROWS = tuple(ROW_LABELS)
 ABLATION_ROWS = ("vq", "cosine", "bbnr", "arcvq")
 DATASETS = ("mnist", "cifar10")
 DEVICES = ("auto", "cpu", "cuda")
+MODELS = ("vqvae", "vqgan")
 N_GRID_IMAGES = 16
 CUDA_PROGRESS_REFRESH = 50  # steps between progress-bar updates on CUDA (each update reads the loss: a host sync)
 
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "optionally ArcVQ with a fixed bound, CVQ-VAE, ArcVQ with the rotation trick) and the paper's "
                     "sensitivity sweeps; print the tables "
                     "with mean +- std over seeds, paired differences with 95%% t-intervals and the paper's numbers.")
+    parser.add_argument("--model", choices=MODELS, default="vqvae",
+                        help="vqvae (default: this ablation) or vqgan (the taming VQGAN comparison with learning "
+                             "curves: arcvq-reproduce --model vqgan --help)")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="mnist (offline, default) or cifar10 (torchvision download)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=None,
@@ -394,7 +398,21 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
     return metrics, snapshot
 
 
+def _requested_model(argv: Sequence[str]) -> str:
+    """The ``--model`` of ``argv`` (``--model X`` or ``--model=X``), default ``vqvae``."""
+    model = "vqvae"
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            model = argv[i + 1]
+        elif arg.startswith("--model="):
+            model = arg.split("=", 1)[1]
+    return model
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if _requested_model(sys.argv[1:] if argv is None else list(argv)) == "vqgan":
+        from arcvq_plugin.vqgan_bench.cli import main as vqgan_main
+        return vqgan_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     validate_args(parser, args)
