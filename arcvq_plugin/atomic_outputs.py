@@ -7,19 +7,24 @@
   moved in place together (``os.replace``, atomic on one file system) only by ``publish()``; an
   exception (a full disk, Ctrl-C) before that removes the temporary files and leaves every
   existing file untouched.
+- :func:`save_torch`: ``torch.save`` whose write failures (a full disk) are OSErrors, as every
+  other file write's are: torch's zip writer reports them as RuntimeError.
 - :class:`StagedFolder`: files of one output folder, written into a hidden staging folder beside it
   and moved into it only when every file is written.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
-__all__ = ["AtomicOutputs", "OutputError", "StagedFolder", "check_output_path", "check_writable_folder"]
+import torch
+
+__all__ = ["AtomicOutputs", "OutputError", "StagedFolder", "check_output_path", "check_writable_folder", "save_torch"]
 
 
 class OutputError(ValueError):
@@ -76,6 +81,23 @@ def check_output_path(path: str | os.PathLike, what: str, *, force: bool = False
     if taken and not force:
         raise OutputError(f"{what}: {taken[:3]}{' ...' if len(taken) > 3 else ''} exist; not overwriting "
                           "(pass --force to replace)")
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, raising OSError when the file cannot be written.
+
+    On a full disk torch's zip writer raises RuntimeError (``[enforce fail at inline_container.cc]
+    unexpected pos ...`` or ``PytorchStreamWriter failed writing file``), not the OSError every
+    other write raises; this turns it into ``OSError(ENOSPC)`` when the file system has no room
+    left, else ``OSError(EIO)``, with torch's message, so that callers handle one exception type.
+    """
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        stats = os.statvfs(Path(path).parent)
+        code = errno.ENOSPC if stats.f_bavail == 0 or stats.f_favail == 0 else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} while torch.save wrote {str(path)!r} "
+                            f"({str(err).splitlines()[0][:200]})") from err
 
 
 def _umask() -> int:

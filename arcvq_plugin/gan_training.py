@@ -30,6 +30,12 @@ optimizer; Lightning 2.x refuses two optimizers outside manual optimisation.
 Gradients accumulated when a checkpoint is written between optimizer steps are saved in it and
 restored at train start, so resuming from any batch boundary continues the straight run.
 
+Non-finite policy (:mod:`arcvq_plugin.finite_training`, ``check_finite``, default True): the input
+batch is checked before the forward and each loss before its backward; NaN or inf raises
+``NonFiniteTrainingError`` naming the batch, epoch and step before that update. Loaded state
+(``-r`` and ``ckpt_path``) is checked too: every floating tensor under ``quantize.`` must be finite,
+whatever the quantiser (``QuantizerStateError`` naming the key).
+
 The mixin is used by ``arcvq_plugin.taming.VQModel``, ``arcvq_plugin.ldm.VQModel`` and, through
 ``arcvq-patch``, by the patched upstream models.
 """
@@ -43,13 +49,17 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from arcvq_plugin.checkpoint_loading import load_state_dict
+from arcvq_plugin.finite_training import refuse_non_finite
 from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
+from arcvq_plugin.quantizer_contract import check_finite_state
+from arcvq_plugin.validation import check_bool
 
 __all__ = ["DISC_RECONSTRUCTIONS", "ManualGANTraining", "validate_accumulation", "validate_disc_reconstruction"]
 
 OPTIMIZERS_PER_STEP = 2  # autoencoder + discriminator: Lightning's global_step counts both
 DISC_RECONSTRUCTIONS = ("fresh", "reuse")
 ACCUMULATED_GRADIENTS_KEY = "arcvq_accumulated_gradients"
+QUANTIZER_PREFIX = "quantize."  # the quantiser's attribute in taming's and ldm's VQ models
 
 
 def validate_disc_reconstruction(value: Any) -> str:
@@ -110,12 +120,15 @@ class ManualGANTraining:
     Attributes (class defaults, set per instance by the models and the trainer CLIs):
         disc_reconstruction: ``"fresh"`` or ``"reuse"`` (see the module docstring).
         accumulate_grad_batches: batches per optimizer step (>= 1).
+        check_finite: refuse a training batch whose input or loss is not finite (default True;
+            :mod:`arcvq_plugin.finite_training`: three device-to-host syncs per batch).
     A model whose loss takes other inputs (AutoencoderKL) overrides :meth:`_autoencode` and
     :meth:`_gan_loss`.
     """
 
     disc_reconstruction: str = "fresh"
     accumulate_grad_batches: int = 1
+    check_finite: bool = True
 
     # ---- checkpoints -----------------------------------------------------------------------
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = ()) -> None:
@@ -125,6 +138,7 @@ class ManualGANTraining:
         state_dict = load_state_dict(path)
         state_dict = {k: v for k, v in state_dict.items()
                       if not any(k.startswith(prefix) for prefix in ignore_keys)}
+        check_finite_state(state_dict, QUANTIZER_PREFIX)
         try:
             missing, unexpected = self.load_state_dict(state_dict, strict=False)
         except RuntimeError as err:
@@ -144,6 +158,9 @@ class ManualGANTraining:
             checkpoint[ACCUMULATED_GRADIENTS_KEY] = gradients
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose quantiser state is not finite (before Lightning loads it), and keep
+        its accumulated gradients for train start."""
+        check_finite_state(checkpoint.get("state_dict", {}), QUANTIZER_PREFIX)
         self._gradients_to_restore = checkpoint.get(ACCUMULATED_GRADIENTS_KEY, {})
 
     # ---- the loss's step -------------------------------------------------------------------
@@ -156,6 +173,7 @@ class ManualGANTraining:
         require_norm_bound_callback(self.trainer, self)
         validate_disc_reconstruction(self.disc_reconstruction)
         validate_accumulation(self.accumulate_grad_batches)
+        check_bool("check_finite", self.check_finite)
         gradients = getattr(self, "_gradients_to_restore", None) or {}
         parameters = dict(self.named_parameters())
         for name, gradient in gradients.items():
@@ -196,11 +214,13 @@ class ManualGANTraining:
         steps_now = self._ends_accumulation(batch_idx)
         disc_only = _only_in(opt_disc.optimizer, opt_ae.optimizer)
         x = self.get_input(batch, self.image_key)
+        self._refuse_non_finite(x, f"the input batch {self.image_key!r}", batch_idx, step)
 
         with _frozen(disc_only):
             xrec, extras = self._autoencode(x)
             quantizer_logs = self._quantizer_logs("train")
             aeloss, log_ae = self._gan_loss(x, xrec, extras, 0, step, "train")
+            self._refuse_non_finite(aeloss, "the autoencoder loss", batch_idx, step)
             self.manual_backward(aeloss * scale)
         if steps_now:
             opt_ae.step()
@@ -208,6 +228,7 @@ class ManualGANTraining:
 
         xrec_d, extras_d = self._discriminator_inputs(x, xrec, extras)
         discloss, log_disc = self._gan_loss(x, xrec_d, extras_d, 1, step, "train")
+        self._refuse_non_finite(discloss, "the discriminator loss", batch_idx, step)
         self.manual_backward(discloss * scale)
         if steps_now:
             opt_disc.step()
@@ -219,6 +240,10 @@ class ManualGANTraining:
         self.log("train/aeloss", aeloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/discloss", discloss.detach(), prog_bar=True, on_step=True, on_epoch=True)
         self._log_metrics({**log_ae, **log_disc, **quantizer_logs}, on_step=True, on_epoch=True)
+
+    def _refuse_non_finite(self, value: torch.Tensor, what: str, batch_idx: int, step: int) -> None:
+        if self.check_finite:
+            refuse_non_finite(value, what, batch_idx=batch_idx, epoch=self.current_epoch, step=step)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict:
         return self._validation_losses(batch, "val")

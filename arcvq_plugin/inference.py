@@ -15,21 +15,25 @@ so that nothing but the given weights is read:
 (``strict=False``); otherwise :class:`CheckpointMismatch` names the source and the keys.
 
 :func:`check_images` refuses images a built model cannot take (channels, size, NaN/inf pixels)
-with a message that says what the model takes, before they reach it.
+with a message that says what the model takes, before they reach it;
+:func:`check_dataset_images` does so for the first example of each split of a training run's data.
 """
 from __future__ import annotations
 
 import copy
 from typing import Any, Mapping, Optional
 
+import numpy as np
 import torch
+from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.quantizer import is_schedule_state_key
 
-__all__ = ["IDENTITY_LOSS", "LOSS_PREFIX", "CheckpointMismatch", "build_inference_model", "check_images",
-           "encoder_input", "inference_config"]
+__all__ = ["IDENTITY_LOSS", "LOSS_PREFIX", "CheckpointMismatch", "build_inference_model", "check_dataset_images",
+           "check_images", "encoder_input", "inference_config"]
 
 IDENTITY_LOSS = {"target": "torch.nn.Identity"}
 LOSS_PREFIX = "loss."
@@ -73,7 +77,7 @@ def build_inference_model(model_node: Mapping | DictConfig, state_dict: Mapping[
         model_node: ``{target, params}`` of the model (see :func:`inference_config`).
         state_dict: name -> tensor (``loss.*`` entries are skipped unless ``keep_loss``).
         strict: True (default): every non-``loss.*`` key of the model must be in ``state_dict``
-            and vice versa. False: keys on one side only are left as they are (built weights,
+            and vice versa (except an ArcQuantizer's schedule-horizon buffers, training state). False: keys on one side only are left as they are (built weights,
             ignored entries). Shapes must fit either way.
         keep_loss: build ``params.lossconfig`` as configured and load its weights where present.
         source: how error messages name ``state_dict`` (e.g. its file).
@@ -86,8 +90,10 @@ def build_inference_model(model_node: Mapping | DictConfig, state_dict: Mapping[
     expected = model.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                   for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    missing = [k for k in expected if k not in state and not k.startswith(LOSS_PREFIX)]
-    unexpected = [k for k in state if k not in expected and not k.startswith(LOSS_PREFIX)]
+    missing = [k for k in expected if k not in state and not k.startswith(LOSS_PREFIX)
+               and not is_schedule_state_key(k)]
+    unexpected = [k for k in state if k not in expected and not k.startswith(LOSS_PREFIX)
+                  and not is_schedule_state_key(k)]
     if mismatched or (strict and (missing or unexpected)):
         message = f"{source} does not fit the model {model_node.get('target')} (another architecture?):"
         if mismatched:
@@ -137,3 +143,45 @@ def check_images(model: nn.Module, images: torch.Tensor, what: str = "images") -
                          f"multiples of {multiple} (its downsampling factor): resize or crop them")
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{what} hold NaN or inf pixels: the model takes finite values (in [-1, 1])")
+
+
+def check_dataset_images(model: nn.Module, datasets: Mapping[str, Any]) -> None:
+    """ValueError naming the split (and file, where the example says) unless the first example of
+    every split of ``datasets`` fits ``model``'s encoder (see :func:`check_images`).
+
+    The image is the example's ``model.image_key`` (taming) or ``first_stage_key`` (LDM) entry,
+    default ``"image"``, (H, W, C) as taming's datasets return it. An LDM's first stage
+    (``model.first_stage_model``) is the encoder checked. A dataset with ``file_sizes``
+    ({path: (width, height)}, as :class:`arcvq_plugin.data.image_folder.ImageFolder` without
+    ``size`` has) gets every file's size checked. Splits whose examples are not such mappings, and
+    models without an ``encoder``, are not checked.
+    """
+    autoencoder = getattr(model, "first_stage_model", model)
+    if not isinstance(getattr(autoencoder, "encoder", None), nn.Module):
+        return
+    key = getattr(model, "image_key", None) or getattr(model, "first_stage_key", None) or "image"
+    for split, dataset in datasets.items():
+        if len(dataset) == 0:
+            continue
+        example = dataset[0]
+        if not isinstance(example, Mapping) or not isinstance(example.get(key), (torch.Tensor, np.ndarray)):
+            continue
+        image = torch.as_tensor(np.asarray(example[key]), dtype=torch.float32)
+        if image.ndim != 3:
+            raise ValueError(f"data.{split}: example 0's {key!r} must be an (H, W, C) image, got shape "
+                             f"{tuple(image.shape)}")
+        source = f" ({example['file_path_']})" if "file_path_" in example else ""
+        check_images(autoencoder, rearrange(image, "h w c -> 1 c h w"), what=f"data.{split} images{source}")
+        _check_file_sizes(autoencoder, split, getattr(dataset, "file_sizes", None))
+
+
+def _check_file_sizes(model: nn.Module, split: str, file_sizes: Optional[Mapping[Any, tuple[int, int]]]) -> None:
+    """ValueError naming the first file whose (width, height) is not a multiple of the downsampling."""
+    if not file_sizes:
+        return
+    _, multiple = encoder_input(model) or (None, 1)
+    for path, (width, height) in file_sizes.items():
+        if width % multiple or height % multiple:
+            raise ValueError(f"data.{split}: image file {str(path)!r} is {width}x{height} pixels, but the model "
+                             f"takes sides that are multiples of {multiple} (its downsampling factor): resize or "
+                             "crop it, or set the dataset's size option")

@@ -20,7 +20,14 @@ every 750 steps, 4 images), ``learning_rate_logger`` (``LearningRateMonitor`` pe
 model has one); Lightning's progress bar; and :func:`arcvq_plugin.trainer_cli.training_setup.added_callbacks`:
 a checkpoint on SIGUSR1 at the end of the current batch, the RNG states in checkpoints, and a
 ``NormBoundCallback`` for models containing an ``arcvq_plugin.ArcQuantizer`` when the config lists
-none. ``accumulate_grad_batches`` of a manually optimised GAN model is handed to the model
+none; and :class:`~arcvq_plugin.trainer_cli.callbacks.CheckpointOnCrash` (``last.ckpt`` when fit
+raises before any optimizer step of its batch). The checkpoint callback is
+:class:`arcvq_plugin.checkpoint_writing.CurrentLastModelCheckpoint` (``last.ckpt`` never versioned to
+``last-v1.ckpt``) and every checkpoint is written atomically
+(:class:`~arcvq_plugin.checkpoint_writing.AtomicCheckpointIO`). SIGUSR1 before fit prints a message.
+``-r`` loads the checkpoint tensors-only unless ``--trust-checkpoint`` is given. The console script
+(:func:`cli`) exits 0 after success, 2 on an error in the arguments, configs or checkpoint, 1 when
+training fails. ``accumulate_grad_batches`` of a manually optimised GAN model is handed to the model
 (:func:`~arcvq_plugin.trainer_cli.training_setup.hand_accumulation_to_model`).
 
 Differences from upstream, all forced by pytorch-lightning 2.x or by exactness: ``--gpus`` maps to
@@ -35,7 +42,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
+import traceback
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
@@ -44,17 +53,21 @@ from pytorch_lightning import seed_everything
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.trainer_cli.arguments import TRAINER_ARGUMENTS, parse_args, translate_gpus
-from arcvq_plugin.trainer_cli.callbacks import SetupCallback
+from arcvq_plugin.checkpoint_writing import AtomicCheckpointIO
+from arcvq_plugin.inference import check_dataset_images
+from arcvq_plugin.trainer_cli.callbacks import CheckpointOnCrash, SetupCallback, install_early_signal_handler
 from arcvq_plugin.trainer_cli.config_check import ConfigError, check_config, check_trainer_kwargs
-from arcvq_plugin.checkpoint_loading import load_checkpoint
-from arcvq_plugin.trainer_cli.resume import check_state_dict_matches, resolve_resume
+from arcvq_plugin.checkpoint_loading import CheckpointReadError, load_checkpoint
+from arcvq_plugin.trainer_cli.resume import ResumeError, check_state_dict_matches, resolve_resume
 from arcvq_plugin.trainer_cli.training_setup import added_callbacks, hand_accumulation_to_model
 
-__all__ = ["main"]
+__all__ = ["main", "cli"]
 
 RUN_TIMESTAMP_ENV = "ARCVQ_TRAIN_TIMESTAMP"
 """Rank 0 exports its run timestamp here; the DDP processes Lightning launches (``LOCAL_RANK`` > 0,
 started with the same command line) reuse it, so every rank agrees on the log dir."""
+DURING_TRAINING_NOTE = "arcvq-train: raised during trainer.fit"
+"""Note added to an exception raised by ``trainer.fit``: :func:`cli` exits 1 for it whatever its type."""
 DEFAULT_CALLBACK_NAMES = ("image_logger", "learning_rate_logger", "checkpoint_callback")
 
 
@@ -125,7 +138,7 @@ def _default_callbacks(model: pl.LightningModule, ckptdir: str) -> dict[str, Any
                          "params": {"batch_frequency": 750, "max_images": 4, "clamp": True}},
         "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                                  "params": {"logging_interval": "step"}},
-        "checkpoint_callback": {"target": "pytorch_lightning.callbacks.ModelCheckpoint",
+        "checkpoint_callback": {"target": "arcvq_plugin.checkpoint_writing.CurrentLastModelCheckpoint",
                                 "params": modelckpt_params},
     }
 
@@ -160,7 +173,20 @@ def _set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
-    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the Trainer."""
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the Trainer.
+
+    SIGUSR1 prints a message outside fit (:func:`install_early_signal_handler`) while this runs;
+    the caller's handler is restored on return.
+    """
+    previous_handler = install_early_signal_handler()
+    try:
+        return _train(argv)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGUSR1, previous_handler)
+
+
+def _train(argv: Optional[Sequence[str]]) -> pl.Trainer:
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # as upstream: modules next to the configs can be targets
     opt, trainer_overrides, dotlist = parse_args(sys.argv[1:] if argv is None else argv)
@@ -182,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     model = instantiate_from_config(config.model)
     weights_only = None
     if ckpt is not None:
-        checkpoint, weights_only = load_checkpoint(ckpt)
+        checkpoint, weights_only = load_checkpoint(ckpt, opt.trust_checkpoint)
         check_state_dict_matches(model, checkpoint, ckpt)
         del checkpoint
 
@@ -195,19 +221,27 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     callbacks_cfg = OmegaConf.merge(callbacks_cfg, lightning_config.get("callbacks", None) or {})
     callbacks = [instantiate_from_config(callbacks_cfg[key]) for key in callbacks_cfg]
     callbacks.append(SetupCallback(now, logdir, ckptdir, os.path.join(logdir, "configs"), config, lightning_config))
-    callbacks += added_callbacks(model, callbacks, os.path.join(ckptdir, "last.ckpt"))
+    last_ckpt = os.path.join(ckptdir, "last.ckpt")
+    callbacks += added_callbacks(model, callbacks, last_ckpt)
+    callbacks.append(CheckpointOnCrash(last_ckpt))
     accumulate = hand_accumulation_to_model(model, trainer_kwargs)
-    trainer = pl.Trainer(**trainer_kwargs, logger=instantiate_from_config(logger_cfg), callbacks=callbacks)
+    trainer = pl.Trainer(**trainer_kwargs, logger=instantiate_from_config(logger_cfg), callbacks=callbacks,
+                         plugins=[AtomicCheckpointIO()])
 
     data = instantiate_from_config(config.data)
     data.prepare_data()
     data.setup()
     for split, dataset in getattr(data, "datasets", {}).items():
         print(f"{split}, {type(dataset).__name__}, {len(dataset)}")
+    check_dataset_images(model, getattr(data, "datasets", {}))  # before fit creates the log folder
     _set_learning_rate(model, config, trainer, opt.scale_lr, accumulate)
 
     if opt.train:
-        trainer.fit(model, data, ckpt_path=ckpt, weights_only=weights_only)
+        try:
+            trainer.fit(model, data, ckpt_path=ckpt, weights_only=weights_only)
+        except Exception as err:
+            err.add_note(DURING_TRAINING_NOTE)
+            raise
     if not opt.no_test and not trainer.interrupted:
         if _has_test_split(data, model):
             trainer.test(model, data)
@@ -216,5 +250,38 @@ def main(argv: Optional[Sequence[str]] = None) -> pl.Trainer:
     return trainer
 
 
+CONFIG_ERRORS = (ConfigError, ResumeError, CheckpointReadError, FileExistsError, ValueError)
+"""Errors in what the user asked for (config, arguments, resume path, checkpoint), raised before
+training starts: exit status 2."""
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``arcvq-train`` console script: :func:`main`, then an exit status.
+
+    0 after a successful run; 2 for an error in the arguments, configs, resume path or
+    checkpoint found before training (as argparse does), printed as ``arcvq-train: error: <message>``;
+    1 for any other failure and for every exception raised by ``trainer.fit``, printed with its
+    traceback. Call :func:`main` to get the Trainer or the exception instead.
+    """
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except CONFIG_ERRORS as err:
+        if DURING_TRAINING_NOTE in getattr(err, "__notes__", ()):
+            return _training_failed(err)
+        print(f"arcvq-train: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - any runtime failure becomes exit status 1, with its traceback
+        return _training_failed(err)
+    return 0
+
+
+def _training_failed(err: Exception) -> int:
+    traceback.print_exception(err)
+    print(f"arcvq-train: error: training failed: {type(err).__name__}: {err}", file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -3,24 +3,28 @@
 Three pieces, for the three ways a model is trained:
 
 - :func:`register_norm_bound_hook`: a plain PyTorch loop registers it once on its optimizer;
-- :class:`NormBoundCallback`: a Lightning Trainer registers it at train start;
+- :class:`NormBoundCallback`: a Lightning Trainer registers it at train start (and resolves
+  ``schedule_horizon: auto`` from the run's length at setup, :func:`run_codebook_steps`);
 - :func:`require_norm_bound_callback`: every LightningModule shipped here that trains an
   ArcQuantizer calls it from ``on_train_start``, so a Trainer without the callback fails before
   the first step instead of training with a clock stuck at 0 (no norm bound, no ArcLoss schedule).
 """
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from typing import Any, Iterable
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, ListConfig
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .quantizer import ArcQuantizer
 
-__all__ = ["NormBoundCallback", "quantizers_in", "register_norm_bound_hook", "require_norm_bound_callback"]
+__all__ = ["NormBoundCallback", "quantizers_in", "register_norm_bound_hook", "require_norm_bound_callback",
+           "run_codebook_steps"]
 
 
 def quantizers_in(module: nn.Module, *, trainable_only: bool = False) -> list[ArcQuantizer]:
@@ -64,6 +68,60 @@ def register_norm_bound_hook(
     ]
 
 
+def run_codebook_steps(trainer: pl.Trainer, module: pl.LightningModule) -> int:
+    """The codebook optimizer steps of ``trainer.fit(module)``: the ``schedule_horizon: auto`` T.
+
+    From ``max_steps`` (Lightning's ``global_step`` limit, which under
+    :class:`arcvq_plugin.gan_training.ManualGANTraining` counts both optimizers: ``ceil(max_steps /
+    2)`` codebook steps) and from ``max_epochs x ceil(batches per epoch / accumulation)`` (an
+    optimizer step every ``accumulate_grad_batches`` batches and at an epoch's last batch: the
+    Trainer's accumulation, or the GAN model's own), whichever ends the run first. Batches per epoch
+    are the train dataloader's on this rank after ``limit_train_batches`` (loaded here if needed);
+    every DDP rank gets the same count. ``max_time`` is not a length; Lightning's default
+    ``max_epochs`` (1000 when neither limit is set) is. ValueError when the run has no finite
+    length (or no training batch) or is manually optimised by anything but ``ManualGANTraining``.
+    """
+    from arcvq_plugin.gan_training import OPTIMIZERS_PER_STEP, ManualGANTraining  # it imports this module
+
+    if module.automatic_optimization:
+        accumulate, global_steps_per_step = int(trainer.accumulate_grad_batches), 1
+    elif isinstance(module, ManualGANTraining):
+        accumulate, global_steps_per_step = int(module.accumulate_grad_batches), OPTIMIZERS_PER_STEP
+    else:
+        raise ValueError(f"schedule_horizon='auto' cannot count the codebook steps of {type(module).__name__} "
+                         "(manual optimisation other than ManualGANTraining): set schedule_horizon to "
+                         "the run's codebook optimizer steps")
+    candidates = []
+    if trainer.max_steps is not None and trainer.max_steps != -1:
+        candidates.append(math.ceil(trainer.max_steps / global_steps_per_step))
+    if trainer.max_epochs is not None and trainer.max_epochs != -1:
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if batches != float("inf"):
+            candidates.append(int(trainer.max_epochs) * math.ceil(int(batches) / accumulate))
+    if not candidates or min(candidates) < 1:
+        raise ValueError(
+            "schedule_horizon='auto' needs a run of finite length: set lightning.trainer.max_steps "
+            f"(>= 1) or max_epochs (>= 1) with a sized train dataloader (got max_steps={trainer.max_steps}, "
+            f"max_epochs={trainer.max_epochs}), or give schedule_horizon as an integer")
+    return min(candidates)
+
+
+def _replace_auto_horizons(node: Any, steps: int) -> None:
+    """Every ``schedule_horizon: auto`` in a config tree becomes ``steps`` (in place)."""
+    if isinstance(node, DictConfig):
+        for key in list(node.keys()):
+            value = node.get(key)
+            if key == "schedule_horizon" and value == "auto":
+                node[key] = steps
+            else:
+                _replace_auto_horizons(node.get(key), steps)
+    elif isinstance(node, ListConfig):
+        for item in node:
+            _replace_auto_horizons(item, steps)
+
+
 class NormBoundCallback(pl.Callback):
     """Advance the ArcVQ clock and apply the norm bound after every step of the codebook's optimizer.
 
@@ -72,6 +130,11 @@ class NormBoundCallback(pl.Callback):
     an ArcQuantizer's codebook: exactly once per step of that optimizer, never on others (a GAN
     discriminator's). Frozen codebooks (``requires_grad=False``) are ignored. Works with automatic
     and manual optimization, and on resume (the clock is restored from the checkpoint's state_dict).
+
+    At setup (before a resumed checkpoint is restored) it resolves every ``schedule_horizon: auto``
+    codebook to T = :func:`run_codebook_steps` and writes T in place of ``auto`` into the config
+    that ``arcvq-train`` saves as ``configs/<timestamp>-project.yaml``; the checkpoint carries T
+    too, and a resumed run keeps the checkpoint's.
 
     Usage in a taming-style config::
 
@@ -83,6 +146,24 @@ class NormBoundCallback(pl.Callback):
 
     def __init__(self) -> None:
         self._handles: list = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        auto = [q for q in quantizers_in(pl_module, trainable_only=True) if q.schedule_horizon == "auto"]
+        if not auto:
+            return
+        steps = run_codebook_steps(trainer, pl_module)
+        for quantizer in auto:
+            quantizer.resolve_schedule_horizon(steps)
+        from arcvq_plugin.trainer_cli.callbacks import SetupCallback
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, SetupCallback):
+                _replace_auto_horizons(callback.config, steps)
+        rank_zero_info(f"NormBoundCallback: schedule_horizon auto = {steps} codebook steps; effective "
+                       f"bbnr_alpha {auto[0].effective_bbnr_alpha:.6g}, arc_gamma_decay "
+                       f"{auto[0].effective_arc_gamma_decay:.6g}")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()

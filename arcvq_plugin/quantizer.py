@@ -14,6 +14,26 @@ The schedules run on ``clock``, an int64 buffer saved in the state_dict and adva
 ``after_optimizer_step()`` (registered on the optimizer by ``NormBoundCallback`` or
 ``register_norm_bound_hook``): during training batch t the forward sees lambda(t) and every code
 norm <= R(t).
+
+The schedule horizon (``schedule_horizon``, ``schedule_reference_horizon``, ``schedule_rescale``)
+fits the schedules to the run's length: ``bbnr_alpha`` and ``arc_gamma_decay`` are the rates set for
+a run of ``T_ref`` codebook steps, and a run of ``T`` steps uses ``delta * T_ref / T`` (and
+``alpha * T_ref / T`` with ``schedule_rescale="both"``), so that lambda(T) and R(T) are what the
+configured schedule reached at ``T_ref`` (:func:`arcvq_plugin.schedules.effective_rates`)::
+
+    params: {bbnr_alpha: 3.0e-4, arc_gamma_decay: 5.0e-4, schedule_reference_horizon: 29500,
+             schedule_horizon: auto}   # auto: the Trainer's run length, set by NormBoundCallback
+
+The horizon counts the codebook steps of the run that uses it, from the clock value at which that
+run's first optimizer step starts (the *origin*: 0 for a new codebook). A codebook converted by
+``arcvq-convert`` starts with its clock at ``t0``, where ``R(t0)`` covers its largest code norm;
+that offset does not count inside the horizon: up to ``t0`` the configured rates apply, from it the
+rescaled ones, so R(t0) and lambda(t0) are what the converter wrote and the run's ``T`` steps end
+at ``R = R(t0) * exp(alpha' T)``, ``lambda = lambda(t0) * exp(-delta' T)``
+(:func:`arcvq_plugin.schedules.rescaled_exponent`). The same holds for fine-tuning any trained
+ArcVQ checkpoint with a horizon. The resolved horizon, the origin and the effective rates are
+saved in the state_dict (buffers ``schedule_horizon_steps``, ``schedule_origin``,
+``effective_rates``), so a resumed run keeps them, ``auto`` included.
 """
 from __future__ import annotations
 
@@ -29,14 +49,25 @@ from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, va
 from .norm_bound import clip_rows_to_radius_, log_row_norms
 from .quantizer_contract import QuantizerContract
 from .rotation_trick import rotate_onto
-from .schedules import arc_weight, log_radius, radius
-from .validation import check_bool, check_real
+from .schedules import (arc_weight, arc_weight_from_exponent, check_schedule_options, effective_rates,
+                        log_radius, radius, radius_from_log, rescaled_exponent)
+from .validation import check_bool, check_int, check_real
 
-__all__ = ["ArcQuantizer"]
+__all__ = ["ArcQuantizer", "is_schedule_state_key"]
 
 UNBOUNDED_FORWARDS_WARNING = 100
 """Training forwards without ``after_optimizer_step()`` after which a (single) warning is issued."""
 GRADIENT_ESTIMATORS = ("ste", "rotation")
+HORIZON_BUFFERS = ("schedule_horizon_steps", "schedule_origin", "effective_rates")
+def is_schedule_state_key(key: str) -> bool:
+    """Whether a state_dict key is one of an ArcQuantizer's horizon buffers: schedule state, which
+    a model for inference may have or lack whatever its checkpoint holds."""
+    return key.rsplit(".", 1)[-1] in HORIZON_BUFFERS
+
+
+UNSET = -1
+"""``schedule_horizon_steps`` of an unresolved ``auto`` horizon and ``schedule_origin`` before the
+first optimizer step."""
 
 
 class ArcQuantizer(QuantizerContract, VectorQuantizer2):
@@ -68,6 +99,15 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
             straight-through, copied unchanged) or ``"rotation"`` (the rotation trick of Fifty et al.
             2024, :func:`arcvq_plugin.rotation_trick.rotate_onto`: through the rotation and rescaling
             that takes z onto its raw code). Selection, losses and the codebook's gradient are the same.
+        schedule_horizon: None (default: the paper's absolute schedules, exactly), an integer T >= 1
+            (the run's codebook optimizer steps) or ``"auto"`` (T from the Trainer's ``max_steps`` /
+            ``max_epochs``, resolved by ``NormBoundCallback`` at fit start; a plain PyTorch loop calls
+            :meth:`resolve_schedule_horizon`). See the module docstring.
+        schedule_reference_horizon: None (default) or an integer T_ref >= 1: the run length, in
+            codebook steps, for which ``bbnr_alpha`` and ``arc_gamma_decay`` were set; required
+            with ``schedule_horizon``.
+        schedule_rescale: ``"arc_weight"`` (default: only delta follows the horizon, the norm
+            bound keeps its configured alpha) or ``"both"`` (delta and alpha).
 
     Every argument is checked here: integers must be ints (a bool is refused), numbers finite, and a
     ValueError names the argument and its allowed range.
@@ -98,6 +138,9 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         arc_gather_negatives: bool = False,
         check_finite: bool = True,
         gradient_estimator: str = "ste",
+        schedule_horizon: Optional[Union[int, str]] = None,
+        schedule_reference_horizon: Optional[int] = None,
+        schedule_rescale: str = "arc_weight",
     ) -> None:
         n_e, e_dim, beta = self.check_taming_arguments(n_e, e_dim, beta, unknown_index, sane_index_shape, legacy)
         for name, flag in [("use_bbnr", use_bbnr), ("use_arc_loss", use_arc_loss),
@@ -110,6 +153,8 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size, prefix="arc_")
         if gradient_estimator not in GRADIENT_ESTIMATORS:
             raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
+        schedule_horizon, schedule_reference_horizon, schedule_rescale = check_schedule_options(
+            schedule_horizon, schedule_reference_horizon, schedule_rescale)
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
                          sane_index_shape=sane_index_shape, legacy=legacy)
         with torch.no_grad():  # eq. 4: random draw (upstream's uniform), then onto the unit sphere
@@ -129,17 +174,92 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         self.loss_breakdown: dict[str, torch.Tensor] = {}
         self._forwards_since_step = 0
         self._warned_unbounded = False
+        self.schedule_horizon = schedule_horizon
+        self.schedule_reference_horizon = schedule_reference_horizon
+        self.schedule_rescale = schedule_rescale
+        self._horizon_steps: Optional[int] = None  # the resolved T (host copies of the buffers)
+        self._origin: Optional[int] = None
+        if schedule_horizon is not None:  # with None, the state_dict is the paper schedule's, unchanged
+            self.register_buffer("schedule_horizon_steps", torch.tensor(UNSET, dtype=torch.long))
+            self.register_buffer("schedule_origin", torch.tensor(UNSET, dtype=torch.long))
+            # (effective alpha, effective delta), float32 for display; the exact rates follow from T.
+            # Zeros until T is resolved (schedule_horizon_steps == UNSET says so): state stays finite.
+            self.register_buffer("effective_rates", torch.zeros(2))
+            if schedule_horizon != "auto":
+                self.resolve_schedule_horizon(schedule_horizon)
 
     # ---- schedules -------------------------------------------------------------------------
+    def resolve_schedule_horizon(self, steps: int) -> None:
+        """Set the horizon T = ``steps`` (codebook optimizer steps, an integer >= 1) and the
+        effective rates. ``NormBoundCallback`` calls it for ``schedule_horizon="auto"``."""
+        if self.schedule_horizon is None:
+            raise ValueError("schedule_horizon is None (the paper's absolute schedules): there is no "
+                             "horizon to resolve")
+        steps = check_int("schedule_horizon", steps, minimum=1)
+        alpha, delta = effective_rates(self.bbnr_alpha, self.arc_gamma_decay, steps,
+                                       self.schedule_reference_horizon, self.schedule_rescale)
+        self._horizon_steps = steps
+        self.schedule_horizon_steps.fill_(steps)
+        self.effective_rates.copy_(torch.tensor([alpha, delta]))
+
+    @property
+    def resolved_schedule_horizon(self) -> Optional[int]:
+        """T in codebook steps; None for the paper's schedules and for an unresolved ``auto``."""
+        return self._horizon_steps
+
+    def _require_resolved(self) -> None:
+        if self.schedule_horizon is not None and self._horizon_steps is None:
+            raise RuntimeError(
+                "ArcQuantizer: schedule_horizon='auto' is not resolved yet. A Lightning Trainer with "
+                "arcvq_plugin.NormBoundCallback resolves it from max_steps / max_epochs at fit start; "
+                "a plain PyTorch loop calls quantizer.resolve_schedule_horizon(total_codebook_steps) "
+                "or sets schedule_horizon to that integer.")
+
+    @property
+    def effective_bbnr_alpha(self) -> float:
+        """alpha of R(t) from the origin on: ``bbnr_alpha``, times T_ref / T with rescale ``"both"``."""
+        self._require_resolved()
+        if self.schedule_horizon is None:
+            return self.bbnr_alpha
+        return effective_rates(self.bbnr_alpha, self.arc_gamma_decay, self._horizon_steps,
+                               self.schedule_reference_horizon, self.schedule_rescale)[0]
+
+    @property
+    def effective_arc_gamma_decay(self) -> float:
+        """delta of lambda(t) from the origin on: ``arc_gamma_decay`` times T_ref / T with a horizon."""
+        self._require_resolved()
+        if self.schedule_horizon is None:
+            return self.arc_gamma_decay
+        return effective_rates(self.bbnr_alpha, self.arc_gamma_decay, self._horizon_steps,
+                               self.schedule_reference_horizon, self.schedule_rescale)[1]
+
+    def _exponent(self, rate: float, effective_rate: float) -> torch.Tensor:
+        """The schedule exponent at the clock: configured rate up to the origin, effective after
+        (an unfixed origin is the clock itself: no step of the horizon's run yet)."""
+        origin = self.clock if self._origin is None else self._origin
+        return rescaled_exponent(rate, effective_rate, self.clock, origin)
+
+    def _log_radius(self) -> torch.Tensor:
+        if self.schedule_horizon is None:
+            return log_radius(self.bbnr_alpha, self.clock)
+        return self._exponent(self.bbnr_alpha, self.effective_bbnr_alpha)
+
     @property
     def radius(self) -> torch.Tensor:
-        """R(clock) = exp(bbnr_alpha * clock), float32 scalar (saturates at float32 max)."""
-        return radius(self.bbnr_alpha, self.clock)
+        """R(clock) = exp(bbnr_alpha * clock) (with a horizon: exp(alpha * origin + alpha' * (clock -
+        origin))), float32 scalar (saturates at float32 max)."""
+        if self.schedule_horizon is None:
+            return radius(self.bbnr_alpha, self.clock)
+        return radius_from_log(self._log_radius())
 
     @property
     def arc_weight(self) -> torch.Tensor:
-        """lambda(clock) = arc_gamma * exp(-arc_gamma_decay * clock), float32 scalar."""
-        return arc_weight(self.arc_gamma, self.arc_gamma_decay, self.clock)
+        """lambda(clock) = arc_gamma * exp(-arc_gamma_decay * clock) (with a horizon: exp(-delta *
+        origin - delta' * (clock - origin))), float32 scalar."""
+        if self.schedule_horizon is None:
+            return arc_weight(self.arc_gamma, self.arc_gamma_decay, self.clock)
+        return arc_weight_from_exponent(self.arc_gamma,
+                                        self._exponent(self.arc_gamma_decay, self.effective_arc_gamma_decay))
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -148,10 +268,15 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         ``clipped_fraction`` records the fraction of codes this step moved onto the sphere (the rows
         whose norm exceeds R(clock)), as a device tensor.
         """
+        if self.schedule_horizon is not None:
+            self._require_resolved()
+            if self._origin is None:  # the horizon's run starts here (one host sync per training)
+                self._origin = int(self.clock)
+                self.schedule_origin.fill_(self._origin)
         self.clock += 1
         self._forwards_since_step = 0
         if self.use_bbnr:
-            log_bound = log_radius(self.bbnr_alpha, self.clock)
+            log_bound = self._log_radius()
             log_norms = log_row_norms(self.embedding.weight)
             self.clipped_fraction.copy_((log_norms > log_bound.to(log_norms)).float().mean())
             clip_rows_to_radius_(self.embedding.weight, log_bound)
@@ -203,7 +328,8 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
             commit = torch.mean((z_q.detach().to(dtype) - z.to(dtype)) ** 2)
             codebook = torch.mean((z_q.to(dtype) - z.detach().to(dtype)) ** 2)
             vq = commit + self.beta * codebook if self.legacy else self.beta * commit + codebook
-            weight = self.arc_weight
+            scheduled = self.training or self.schedule_horizon is None or self._horizon_steps is not None
+            weight = self.arc_weight if scheduled else None  # an unresolved auto horizon has no schedule yet
             if use_arc:
                 arc = arc_margin_loss_normalized(z_all, e_hat, scan, s=self.arc_s,
                                                  m=self.arc_m, chunk_size=self.arc_chunk_size)
@@ -213,10 +339,12 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
                 loss = vq
             perplexity, usage = self._count_codes(indices, record=active)
         if active:
-            self.loss_breakdown = {
-                "vq": vq.detach(), "arc": arc.detach(), "arc_weight": weight,
-                "radius": self.radius, "perplexity": perplexity, "usage": usage,
-            }
+            self.loss_breakdown = {"vq": vq.detach(), "arc": arc.detach(), "perplexity": perplexity, "usage": usage}
+            if scheduled:
+                self.loss_breakdown.update(arc_weight=weight, radius=self.radius)
+            if scheduled and self.schedule_horizon is not None:
+                self.loss_breakdown.update(bbnr_alpha=self.effective_rates[0],
+                                           arc_gamma_decay=self.effective_rates[1])
         if self.gradient_estimator == "rotation":
             z_q = rotate_onto(z, z_q)
         else:
@@ -236,10 +364,43 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
         return perplexity, (counts > 0).float().mean()
 
+    # ---- the horizon in the state_dict ------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Horizon buffers: a checkpoint without them (the paper's schedules, a converted codebook)
+        keeps this quantizer's; a checkpoint's resolved horizon is adopted by an ``auto`` quantizer
+        and its origin by any quantizer with a horizon; a quantizer without a horizon ignores them."""
+        keys = {prefix + name for name in HORIZON_BUFFERS}
+        if self.schedule_horizon is None:
+            state_dict = {k: v for k, v in state_dict.items() if k not in keys}
+        else:
+            state_dict = {**{prefix + name: getattr(self, name) for name in HORIZON_BUFFERS}, **state_dict}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if self.schedule_horizon is None:
+            unexpected_keys[:] = [k for k in unexpected_keys if k not in keys]
+            return
+        saved_steps, origin = int(self.schedule_horizon_steps), int(self.schedule_origin)
+        if self.schedule_horizon == "auto" and saved_steps != UNSET:
+            self.resolve_schedule_horizon(saved_steps)
+        elif self._horizon_steps is not None:  # an explicit horizon is the config's
+            self.resolve_schedule_horizon(self._horizon_steps)
+        else:
+            self.schedule_horizon_steps.fill_(UNSET)
+        self._origin = None if origin == UNSET else origin
+
     def extra_repr(self) -> str:
-        return (f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}, "
+        text = (f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}, "
                 f"use_bbnr={self.use_bbnr}, bbnr_alpha={self.bbnr_alpha}, "
                 f"use_arc_loss={self.use_arc_loss}, arc_s={self.arc_s}, arc_m={self.arc_m}, "
                 f"arc_top_k={self.arc_top_k}, arc_gamma={self.arc_gamma}, "
                 f"arc_gamma_decay={self.arc_gamma_decay}, arc_chunk_size={self.arc_chunk_size}, "
                 f"gradient_estimator={self.gradient_estimator!r}")
+        if self.schedule_horizon is None:
+            return text
+        text += (f", schedule_horizon={self.schedule_horizon!r}, schedule_reference_horizon="
+                 f"{self.schedule_reference_horizon}, schedule_rescale={self.schedule_rescale!r}")
+        if self._horizon_steps is None:
+            return text + " (unresolved: no effective rates yet)"
+        return (text + f", resolved horizon={self._horizon_steps}, effective bbnr_alpha="
+                f"{self.effective_bbnr_alpha:.6g}, effective arc_gamma_decay={self.effective_arc_gamma_decay:.6g}")

@@ -7,18 +7,63 @@
 - ``check_input``: the latents' shape, and the GumbelQuantize-only arguments left at their defaults;
 - ``output_indices``: taming's ``remap`` and ``sane_index_shape`` applied to the selected codes;
 - ``passive()``: a block whose forwards must not train the quantiser's own state (the GAN
-  discriminator's second pass over a batch, :func:`arcvq_plugin.gan_training.passive_quantizers`).
+  discriminator's second pass over a batch, :func:`arcvq_plugin.gan_training.passive_quantizers`);
+- state validated on load: ``load_state_dict`` (and so Lightning's resume, ``ckpt_path`` and every
+  inference loader) refuses, before the quantiser's state is touched, a floating-point parameter
+  or buffer holding NaN or inf (the codebook ``embedding.weight``, ``running_usage``) and a step
+  counter (:data:`STEP_COUNTERS`: ArcQuantizer's ``clock``) that is not an integer >= 0. A float
+  counter with a fractional part is refused, not truncated. The error is a
+  :class:`QuantizerStateError` naming the key and the allowed range.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Union
+import math
+from typing import Any, Iterator, Mapping, Union
 
 import torch
 
 from arcvq_plugin.validation import check_bool, check_int, check_real
 
-__all__ = ["QuantizerContract"]
+__all__ = ["QuantizerContract", "QuantizerStateError", "STEP_COUNTERS", "check_finite_state", "check_step_counter"]
+
+STEP_COUNTERS = ("clock",)
+"""Buffer names that count optimizer steps: a quantiser's buffer of such a name must load as an integer >= 0."""
+
+
+class QuantizerStateError(ValueError):
+    """Quantiser state outside its allowed range, raised before it is loaded."""
+
+
+def check_finite_state(state_dict: Mapping[str, Any], prefix: str = "") -> None:
+    """QuantizerStateError naming the first floating-point tensor of ``state_dict`` whose key starts with
+    ``prefix`` and that holds NaN or inf; other entries are not looked at."""
+    for key, value in state_dict.items():
+        if not (key.startswith(prefix) and isinstance(value, torch.Tensor) and value.is_floating_point()
+                and not value.is_meta):
+            continue
+        if not bool(torch.isfinite(value).all()):
+            nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+            raise QuantizerStateError(f"{key} must be finite, got {nan} NaN and {inf} inf among its "
+                                      f"{value.numel()} values")
+
+
+def check_step_counter(key: str, value: Any) -> None:
+    """QuantizerStateError naming ``key`` unless ``value`` (a one-element tensor) holds an integer >= 0;
+    a float with a fractional part, NaN, inf and a bool are refused. Other shapes are left to
+    ``load_state_dict``'s shape check."""
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.is_meta:
+        return
+    number = value.item()
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        shown = repr(number)
+    elif isinstance(number, float) and not number.is_integer():
+        shown = f"{number!r} (a {value.dtype} tensor, not truncated)"
+    elif number >= 0:
+        return
+    else:
+        shown = repr(int(number))
+    raise QuantizerStateError(f"{key} must be an integer >= 0 (optimizer steps), got {shown}")
 
 
 class QuantizerContract:
@@ -53,6 +98,17 @@ class QuantizerContract:
         check_bool("sane_index_shape", sane_index_shape)
         check_bool("legacy", legacy)
         return n_e, e_dim, beta
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        """Validate this quantiser's entries of ``state_dict`` (see the module docstring), then load as
+        ``nn.Module`` does. Runs before the submodules' (``embedding``) entries are loaded."""
+        own = {prefix + name for name in self.state_dict(keep_vars=True)}
+        check_finite_state({key: value for key, value in state_dict.items() if key in own})
+        buffers = dict(self.named_buffers(recurse=False))
+        for name in STEP_COUNTERS:
+            if name in buffers and prefix + name in state_dict:
+                check_step_counter(prefix + name, state_dict[prefix + name])
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def check_input(self, z: torch.Tensor, temp, rescale_logits, return_logits) -> None:
         """ValueError unless z is (B, e_dim, H, W) and temp / rescale_logits / return_logits are

@@ -231,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--ckpt", required=True, help="its checkpoint (Lightning .ckpt or state dict)")
         command.add_argument("--batch_size", type=int, default=32)
         command.add_argument("--device", default="cpu")
+        command.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
         command.add_argument("--force", action="store_true", help="overwrite existing outputs")
         command.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     export = sub.choices["export"]
@@ -269,7 +270,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--out must end in .npy, got {args.out!r}")
         for path in (Path(args.out), sidecar_path(args.out)):
             check_output_path(path, "--out", force=args.force, inputs=inputs)
-        tokenizer = tokenizer_of(load_for_inference(args.config, args.ckpt, args.overrides, device=args.device))
+        tokenizer = tokenizer_of(load_for_inference(args.config, args.ckpt, args.overrides, device=args.device,
+                                                    trust_checkpoint=args.trust_checkpoint))
         dataset = _dataset_from_config(args.config, args.split, args.overrides)
         grids = encode_dataset(tokenizer, dataset, batch_size=args.batch_size, image_key=args.image_key,
                                limit=args.limit)
@@ -281,7 +283,8 @@ def _run(args: argparse.Namespace) -> int:
     grids, meta = load_token_grids(args.tokens)
     check_output_path(args.out, "--out folder", force=args.force, folder=True,
                       names=[f"{i:06d}.png" for i in range(len(grids))], inputs={**inputs, "--tokens": args.tokens})
-    tokenizer = tokenizer_of(load_for_inference(args.config, args.ckpt, args.overrides, device=args.device))
+    tokenizer = tokenizer_of(load_for_inference(args.config, args.ckpt, args.overrides, device=args.device,
+                                                    trust_checkpoint=args.trust_checkpoint))
     if meta["codebook_size"] != codebook_size(tokenizer):
         raise ValueError(f"{args.tokens} holds indices of a {meta['codebook_size']}-code codebook, "
                          f"the tokenizer has {codebook_size(tokenizer)}")

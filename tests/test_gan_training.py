@@ -225,8 +225,9 @@ def test_mid_epoch_resume_equals_the_straight_run(tmp_path):
 
     (straight_run,) = glob.glob(str(tmp_path / "*_straight"))
     straight = torch.load(Path(straight_run) / "checkpoints" / "last.ckpt", weights_only=True)
-    # ModelCheckpoint does not overwrite the signal's last.ckpt, which it did not write: last-v1.ckpt
-    resumed = torch.load(signal_ckpt.with_name("last-v1.ckpt"), weights_only=True)
+    # the resumed run's ModelCheckpoint writes the newest state over the signal's last.ckpt (never last-v1.ckpt)
+    assert not signal_ckpt.with_name("last-v1.ckpt").exists()
+    resumed = torch.load(signal_ckpt, weights_only=True)
     assert resumed["global_step"] == 8 and int(resumed["state_dict"]["quantize.clock"]) == 4
     assert_same_training_state(straight, resumed)
 

@@ -54,7 +54,8 @@ def test_resumes_after_the_batches_of_the_saved_state():
     iterator = iter(loader)
     head = [next(iterator) for _ in range(2)]
     state = loader.state_dict()
-    assert state == {"epoch": 3, "batches": 2}
+    assert state == {"epoch": 3, "batches": 2, "batches_in_epoch": 4, "batch_size": 3, "dataset_length": 10,
+                     "world_size": 1}
     tail = list(iterator)
 
     resumed = ResumableDataLoader(RandomDraws(), batch_size=3, seed=5)
@@ -63,7 +64,7 @@ def test_resumes_after_the_batches_of_the_saved_state():
     assert len(resumed_tail) == len(tail) == 2
     for a, b in zip(tail, resumed_tail):
         assert torch.equal(a, b)
-    assert resumed.state_dict() == {"epoch": 3, "batches": 4}
+    assert resumed.state_dict() == {**state, "batches": 4}
     assert torch.equal(torch.cat(head + tail), epoch(ResumableDataLoader(RandomDraws(), batch_size=3, seed=5), 3))
     # a state saved at the end of an epoch continues with the next epoch, from its start
     finished = ResumableDataLoader(RandomDraws(), batch_size=3, seed=5)

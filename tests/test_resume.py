@@ -80,14 +80,19 @@ def test_resume_keeps_the_log_dir_and_adds_a_snapshot(runs):
 
 def test_resume_from_a_checkpoint_that_pickles_objects(runs):
     """A checkpoint holding non-tensor objects (here OmegaConf hyper-parameters, as older Lightning
-    releases wrote) fails torch>=2.6's weights_only load; resuming it explicitly still works."""
+    releases wrote) fails torch>=2.6's weights_only load: refused without --trust-checkpoint,
+    resumed with it."""
+    from arcvq_plugin.checkpoint_loading import CheckpointReadError
     from omegaconf import OmegaConf
 
     straight, _, _, _, _, half_run = runs
     path = half_run / "checkpoints" / "pickled.ckpt"
     torch.save({**straight, "hyper_parameters": OmegaConf.create({"embed_dim": 8})}, path)
+    with pytest.raises(CheckpointReadError, match="--trust-checkpoint"):
+        main(["-r", str(path), "-t", "--max_epochs", "2", "--enable_progress_bar", "false"])
     with pytest.warns(UserWarning, match=r"weights_only=False"):
-        trainer = main(["-r", str(path), "-t", "--max_epochs", "2", "--enable_progress_bar", "false"])
+        trainer = main(["-r", str(path), "-t", "--max_epochs", "2", "--enable_progress_bar", "false",
+                        "--trust-checkpoint"])
     assert trainer.global_step == 8
     assert torch.equal(trainer.lightning_module.quantize.embedding.weight.detach(),
                        straight["state_dict"]["quantize.embedding.weight"])

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from arcvq_plugin.checkpoint_loading import CheckpointReadError
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.taming import LPIPSWeightsMissingError, VQLPIPSWithDiscriminator, VQModel
 from arcvq_plugin.taming.perceptual import lpips_heads_path, vgg16_weights_path
@@ -166,10 +167,11 @@ def test_init_from_ckpt_restores_the_quantizer_before_anything_else(tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         tiny_model(n_embed=16, ckpt_path=str(path))
 
-    # checkpoints that pickle Python objects (old Lightning) load deliberately, with a warning
+    # ckpt_path loads tensors only: a checkpoint that pickles Python objects (old Lightning) is refused,
+    # naming the way to trust it (arcvq-convert --trust-checkpoint writes a tensors-only copy)
     torch.save({"state_dict": source.state_dict(), "hparams": argparse.Namespace(lr=1.0)}, path)
-    with pytest.warns(UserWarning, match="trust"):
-        assert int(tiny_model(ckpt_path=str(path)).quantize.clock) == 7
+    with pytest.raises(CheckpointReadError, match="trust-checkpoint"):
+        tiny_model(ckpt_path=str(path))
 
 
 @pytest.fixture

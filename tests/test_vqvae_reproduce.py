@@ -106,12 +106,14 @@ def test_relative_schedule_ends_at_the_papers_lambda_and_radius(tmp_path, capsys
     printed = capsys.readouterr().out
     assert "schedule relative (DEVIATION from the paper)" in printed and "a deviation from the paper" in printed
     params = OmegaConf.load(out / "checkpoints" / "arcvq_seed1.yaml").model.params.quantizer_config.params
-    assert params.arc_gamma_decay == pytest.approx(5e-4 * 29_500 / 2) and params.bbnr_alpha == pytest.approx(3e-4 * 29_500 / 2)
-    clock = _quantizer_state(out, "arcvq_seed1")["quantize.clock"]
+    assert (params.schedule_horizon, params.schedule_reference_horizon, params.schedule_rescale) == (2, 29_500, "both")
+    state = _quantizer_state(out, "arcvq_seed1")
+    clock = state["quantize.clock"]
     assert int(clock) == 2  # T = 2 steps: lambda(T), R(T) are the paper's at 29,500 steps
+    torch.testing.assert_close(state["quantize.effective_rates"], torch.tensor([3e-4 * 29_500 / 2, 5e-4 * 29_500 / 2]))
     paper_end = torch.tensor(29_500)
-    assert float(arc_weight(1.0, params.arc_gamma_decay, clock)) == pytest.approx(float(arc_weight(1.0, 5e-4, paper_end)), rel=1e-5)
-    assert float(radius(params.bbnr_alpha, clock)) == pytest.approx(float(radius(3e-4, paper_end)), rel=1e-5)
+    assert float(arc_weight(1.0, 5e-4 * 29_500 / 2, clock)) == pytest.approx(float(arc_weight(1.0, 5e-4, paper_end)), rel=1e-5)
+    assert float(radius(3e-4 * 29_500 / 2, clock)) == pytest.approx(float(radius(3e-4, paper_end)), rel=1e-5)
 
 
 @pytest.mark.parametrize("argv,message", [

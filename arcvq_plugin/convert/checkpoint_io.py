@@ -22,7 +22,7 @@ import torch
 
 from ..atomic_outputs import AtomicOutputs
 
-__all__ = ["ConversionError", "LoadedCheckpoint", "load_checkpoint", "AtomicOutputs"]
+__all__ = ["ConversionError", "LoadedCheckpoint", "check_finite", "load_checkpoint", "AtomicOutputs"]
 
 
 class ConversionError(ValueError):
@@ -104,6 +104,23 @@ def load_checkpoint(path: str | os.PathLike, *, trust_checkpoint: bool = False) 
         weights_only = False
     state_dict, top_level = _split(obj, path)
     return LoadedCheckpoint(state_dict, top_level, weights_only, unsafe)
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """ConversionError naming the first floating-point entry of ``state_dict`` that holds NaN or inf.
+
+    A converted model computes with every tensor of the file, so a non-finite one cannot be
+    carried over; the check runs before anything is written.
+    """
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ConversionError(
+                    f"{str(path)!r} holds non-finite values at key {key!r} ({bad} of {tensor.numel()} entries are "
+                    "NaN or inf); every floating-point tensor must be finite: the checkpoint is damaged or "
+                    "comes from a diverged run, so convert an earlier checkpoint"
+                )
 
 
 def _split(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -25,15 +25,31 @@ from ..norm_bound import NORM_FLOOR, clip_rows_to_radius_
 from ..schedules import log_radius
 from .checkpoint_io import ConversionError
 
-__all__ = ["CODEBOOK_MODES", "codebook_statistics", "clock_start", "clip_to_unit_ball", "is_inside_bound", "row_norms"]
+__all__ = ["CODEBOOK_MODES", "check_codebook_norms", "codebook_statistics", "clock_start", "clip_to_unit_ball", "is_inside_bound", "row_norms"]
 
 CODEBOOK_MODES = ("keep", "unit-ball")
 DEGENERATE_NORM = 1e-8
+MAX_CLOCK = 2 ** 62  # clock starts are int64 steps; headroom for the steps training adds
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:
     """(K,) float32 L2 norms of the rows of ``weight`` (K, D)."""
     return weight.detach().float().norm(dim=1)
+
+
+def check_codebook_norms(weight: torch.Tensor, key: str) -> None:
+    """ConversionError naming ``key`` unless every row of ``weight`` (K, D) is finite and has a
+    norm finite in float32 (below ~3.4e38), the precision the ArcQuantizer computes norms in."""
+    if not bool(torch.isfinite(weight).all()):
+        raise ConversionError(f"codebook {key!r} holds NaN or inf entries; every codebook entry must be finite")
+    norms = row_norms(weight)
+    if not bool(torch.isfinite(norms).all()):
+        row = int((~torch.isfinite(norms)).nonzero()[0])
+        raise ConversionError(
+            f"codebook {key!r}: row {row} has a norm that overflows float32 (|entries| up to "
+            f"{float(weight.detach().abs().max()):.3g}); codebook row norms must be below "
+            f"{torch.finfo(torch.float32).max:.3g}: the checkpoint is damaged or its codebook was rescaled"
+        )
 
 
 def is_inside_bound(weight: torch.Tensor, clock: int, alpha: float) -> bool:
@@ -64,7 +80,13 @@ def clock_start(weight: torch.Tensor, alpha: float) -> int:
             "optimizer step would clip those codes, so the codebook cannot be kept. Use a bbnr_alpha > 0 (the clock "
             "then starts where R(t0) covers the norms) or --codebook unit-ball"
         )
-    t0 = max(0, math.ceil(math.log(max_norm) / alpha))
+    exact_t0 = math.log(max_norm) / alpha
+    if exact_t0 >= MAX_CLOCK:
+        raise ConversionError(
+            f"the largest codebook norm {max_norm:.6g} needs a clock start log(norm) / bbnr_alpha = {exact_t0:.3g}, "
+            f"beyond the int64 clock (at most {MAX_CLOCK}); use a larger --bbnr-alpha or --codebook unit-ball"
+        )
+    t0 = max(0, math.ceil(exact_t0))
     while not is_inside_bound(weight, t0, alpha):  # floating-point rounding can leave t0 one step short
         t0 += 1
     return t0

@@ -29,8 +29,9 @@ from omegaconf import OmegaConf
 from ..config import instantiate_from_config
 from ..schedules import arc_weight as arc_weight_at
 from ..schedules import radius as radius_at
-from .checkpoint_io import AtomicOutputs, ConversionError, load_checkpoint
-from .codebook import CODEBOOK_MODES, clip_to_unit_ball, clock_start, codebook_statistics, is_inside_bound, row_norms
+from ..atomic_outputs import save_torch
+from .checkpoint_io import AtomicOutputs, ConversionError, check_finite, load_checkpoint
+from .codebook import CODEBOOK_MODES, check_codebook_norms, clip_to_unit_ball, clock_start, codebook_statistics, is_inside_bound, row_norms
 from .image_check import compare_on_images, load_image_folder, reconstruct
 from .layout import FAMILIES, VQLayout, detect_layout
 from .model_config import build_vq_model, model_config, quantizer_config, vq_model_node
@@ -245,6 +246,12 @@ def convert_checkpoint(
                          f"got {image_size}")
 
     raw_codebook = loaded.state_dict[layout.codebook_key]
+    check_codebook_norms(raw_codebook, layout.codebook_key)
+    check_finite(loaded.state_dict, source_path)
+    batch = None
+    if images is not None:
+        log(f"reading up to {max_images} images of {images} ...")
+        batch = load_image_folder(images, size=image_size, max_images=max_images)
     stats = codebook_statistics(raw_codebook, near_duplicate_cosine=near_duplicate_cosine)
     if codebook == "keep":
         t0, new_codebook = clock_start(raw_codebook, bbnr_alpha), raw_codebook
@@ -281,7 +288,7 @@ def convert_checkpoint(
                     loaded.top_level.get("global_step"), int) else None}
 
     with outputs:
-        torch.save({"state_dict": new_sd, "arcvq_convert": metadata}, outputs.temp["ckpt"])
+        save_torch({"state_dict": new_sd, "arcvq_convert": metadata}, outputs.temp["ckpt"])
         header = (f"# written by arcvq-convert from {source_path.resolve()}\n# layout {layout.name} ({layout.family}), "
                   f"codebook {codebook}, clock starts at {t0}\n")
         if in_place_ldm:
@@ -290,9 +297,8 @@ def convert_checkpoint(
         report["verified"], converted = _verify(outputs.temp["ckpt"], outputs.temp["yaml"], loaded.state_dict, layout,
                                                 first_stage_only, in_place_ldm, t0, bbnr_alpha)
         report["tensors"]["copied_bit_for_bit"] = report["verified"].pop("copied")
-        if images is not None:
-            log(f"comparing reconstructions on up to {max_images} images of {images} ...")
-            batch = load_image_folder(images, size=image_size, max_images=max_images)
+        if batch is not None:
+            log(f"comparing reconstructions on {len(batch)} images ...")
             original = build_vq_model(vq_model_node(config), _vq_part(loaded.state_dict, layout.prefix), arcvq=False)
             report["images"] = compare_on_images(original, converted, batch)
         else:

@@ -36,6 +36,13 @@ def load_image_folder(folder: str | os.PathLike, *, size: int, max_images: int) 
         raise ConversionError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}")
     batch = []
     for path in files:
+        batch.append(_load_image(path, size))
+    return torch.stack(batch)
+
+
+def _load_image(path: Path, size: int) -> torch.Tensor:
+    """One image file as a (3, size, size) float32 tensor in [-1, 1]; ConversionError naming an unreadable file."""
+    try:
         with Image.open(path) as image:
             image = image.convert("RGB")
             scale = size / min(image.size)
@@ -43,8 +50,11 @@ def load_image_folder(folder: str | os.PathLike, *, size: int, max_images: int) 
             image = image.resize((width, height), Image.BICUBIC)
             left, top = (width - size) // 2, (height - size) // 2
             image = image.crop((left, top, left + size, top + size))
-            batch.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
-    return torch.stack(batch)
+            pixels = np.asarray(image, dtype=np.float32)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise ConversionError(f"--images: cannot read the image file {str(path)!r} ({type(err).__name__}: {err}); "
+                              "remove or replace it") from err
+    return torch.from_numpy(pixels / 127.5 - 1.0).permute(2, 0, 1)
 
 
 @torch.no_grad()

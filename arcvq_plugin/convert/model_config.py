@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from ..inference import CheckpointMismatch, build_inference_model
+from ..schedules import IMAGENET_REFERENCE_HORIZON
 from .checkpoint_io import ConversionError
 from .layout import VQLayout
 
@@ -31,14 +32,17 @@ MODEL_TARGETS = {
 BASE_LEARNING_RATE = 4.5e-6
 
 
-def quantizer_config(layout: VQLayout, *, bbnr_alpha: float, arc_gamma: float, arc_gamma_decay: float) -> dict[str, Any]:
-    """ArcQuantizer block for ``layout`` (other ArcQuantizer arguments keep their defaults)."""
+def quantizer_config(layout: VQLayout, *, bbnr_alpha: float, arc_gamma: float, arc_gamma_decay: float,
+                     schedule_reference_horizon: int = IMAGENET_REFERENCE_HORIZON) -> dict[str, Any]:
+    """ArcQuantizer block for ``layout`` (other ArcQuantizer arguments keep their defaults; the
+    reference horizon is the paper's ImageNet run, whose rates are the converter's defaults)."""
     return {
         "target": "arcvq_plugin.ArcQuantizer",
         "params": {
             "n_e": layout.n_embed, "e_dim": layout.embed_dim, "beta": 0.25,
             "use_bbnr": True, "use_arc_loss": True, "bbnr_alpha": bbnr_alpha,
             "arc_gamma": arc_gamma, "arc_gamma_decay": arc_gamma_decay,
+            "schedule_reference_horizon": schedule_reference_horizon,
         },
     }
 

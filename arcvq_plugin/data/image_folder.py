@@ -84,7 +84,9 @@ class ImageFolder(Dataset):
     Args:
         root: folder to scan.
         size: if given (>= 1), resize the shorter side to ``size`` and centre-crop to size x size;
-            None keeps each file's size (then batches need equal sizes).
+            None keeps each file's size (then batches need equal sizes): every file's header is
+            read up front into ``file_sizes`` ({path: (width, height)}), and a file that cannot be
+            read is a ValueError naming it.
         channels: 3 (RGB) or 1 (greyscale); every file is converted.
         extensions: file suffixes to accept (case-insensitive).
 
@@ -106,11 +108,29 @@ class ImageFolder(Dataset):
             raise ValueError(f"no image files ({', '.join(sorted(suffixes))}) under {str(root)!r}")
         self.size = size
         self.channels = channels
+        self.file_sizes: dict[Path, tuple[int, int]] | None = self._read_sizes() if size is None else None
+
+    def _read_sizes(self) -> dict[Path, tuple[int, int]]:
+        """(width, height) of every file from its header; ValueError naming a file that cannot be read."""
+        sizes = {}
+        for path in self.paths:
+            try:
+                with Image.open(path) as img:
+                    sizes[path] = img.size
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise ValueError(f"cannot read the image file {str(path)!r} ({type(err).__name__}: {err})") from err
+        return sizes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _load(self, path: Path) -> np.ndarray:
+        try:
+            return self._read(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+            raise ValueError(f"cannot read the image file {str(path)!r} ({type(err).__name__}: {err})") from err
+
+    def _read(self, path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img = img.convert("RGB" if self.channels == 3 else "L")
             if self.size is not None:

@@ -18,10 +18,19 @@ saves the ``state_dict()`` of a training loader that has one and hands it back t
 
 The order is the one the data module's earlier epoch-seeded sampler produced (and Lightning's
 own ``DistributedSampler`` under DDP): resumability changes no run.
+
+Resume rule: a checkpoint written at the start or the end of an epoch resumes under any batch
+size, training-set length and world size (the next epoch starts from its beginning). One written
+in the middle of an epoch resumes only under the batch size, training-set length and world size
+it was written with; otherwise :class:`ResumePositionError` says what changed, before any batch is
+trained. Lightning restores its own position in batches (batch index, batches per epoch,
+accumulation windows), and under another length or world size the epoch's order itself differs,
+so no other setting continues at the exact next sample.
 """
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -29,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["PerSampleSeeds", "ResumableDataLoader", "ResumableSampler"]
+__all__ = ["PerSampleSeeds", "ResumableDataLoader", "ResumePositionError", "ResumableSampler"]
 
 _SEED_MODULUS = 2**32
 
@@ -39,6 +48,10 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+class ResumePositionError(ValueError):
+    """A mid-epoch loader state that this loader cannot continue (see the module's resume rule)."""
 
 
 class ResumableSampler(DistributedSampler):
@@ -106,7 +119,10 @@ class ResumableDataLoader(DataLoader):
         **kwargs: any other ``DataLoader`` argument (``num_workers``, ``collate_fn``, ...) except
             ``sampler``, ``batch_sampler``, ``shuffle`` and ``generator``, which this class sets.
 
-    ``state_dict()`` is ``{"epoch", "batches"}``: the epoch and the batches already yielded in it.
+    ``state_dict()`` is ``{"epoch", "batches", "batches_in_epoch", "batch_size", "dataset_length",
+    "world_size"}``: the epoch, the batches already yielded in it, and what the position depends on.
+    ``load_state_dict`` follows the module's resume rule: a mid-epoch state saved under another
+    batch size, training-set length or world size is a :class:`ResumePositionError`.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -132,16 +148,50 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": int(self._batches_yielded)}
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._batches_yielded),
+                "batches_in_epoch": len(self), **self._settings()}
+
+    def _settings(self) -> dict[str, int]:
+        """What the position in an epoch depends on besides the seed."""
+        return {"batch_size": int(self.batch_size), "dataset_length": len(self.dataset),
+                "world_size": int(self.sampler.num_replicas)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Continue after ``state_dict["batches"]`` batches of epoch ``state_dict["epoch"]``."""
+        """Continue after ``state_dict["batches"]`` batches of epoch ``state_dict["epoch"]``, or at the
+        start of the next epoch if that one was complete; :class:`ResumePositionError` for a mid-epoch
+        state saved under other settings (the module's resume rule)."""
         epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        batches_in_epoch = int(state_dict.get("batches_in_epoch", len(self)))
         sampler: ResumableSampler = self.sampler
-        if batches >= len(self):  # the epoch was complete: the next one starts from its beginning
+        if batches >= batches_in_epoch:  # the epoch was complete: the next one starts from its beginning
             sampler.set_epoch(epoch + 1)
             sampler.skip = 0
-        else:
-            sampler.set_epoch(epoch)
-            sampler.skip = batches * self.batch_size
-        self._batches_yielded = batches if batches < len(self) else 0
+            self._batches_yielded = 0
+            return
+        if batches > 0:
+            self._check_mid_epoch_settings(state_dict, epoch, batches, batches_in_epoch)
+        sampler.set_epoch(epoch)
+        sampler.skip = batches * self.batch_size
+        self._batches_yielded = batches
+
+    def _check_mid_epoch_settings(self, state_dict: dict[str, int], epoch: int, batches: int,
+                                  batches_in_epoch: int) -> None:
+        names = {"batch_size": "the batch size", "dataset_length": "the training set's length",
+                 "world_size": "the world size (processes)"}
+        settings = self._settings()
+        if not set(names) <= set(state_dict):
+            warnings.warn(f"the training loader's state (epoch {epoch}, {batches} batches) does not record "
+                          f"the batch size, training-set length and world size it was saved under; resuming "
+                          f"in the middle of the epoch assumes they are {settings}", RuntimeWarning, stacklevel=3)
+            return
+        changes = [f"{text} changed from {int(state_dict[key])} to {settings[key]}"
+                   for key, text in names.items() if int(state_dict[key]) != settings[key]]
+        if not changes and batches_in_epoch != len(self):
+            changes = [f"the batches per epoch changed from {batches_in_epoch} to {len(self)}"]
+        if changes:
+            saved = ", ".join(f"{key} {int(state_dict[key])}" for key in names)
+            raise ResumePositionError(
+                f"cannot resume the training data in the middle of epoch {epoch} (after {batches} of its "
+                f"{batches_in_epoch} batches): {'; '.join(changes)}, so that position cannot be reproduced "
+                f"without skipping or repeating samples. Resume with the checkpoint's settings ({saved}), "
+                f"or from a checkpoint written at the end of an epoch")

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     model.add_argument("--value-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),
                        help="pixel range of the model's input/output (default -1 1, taming's)")
+    model.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
     model.add_argument("--keep-loss", action="store_true", help="build model.params.lossconfig too (default: replaced by nn.Identity)")
     model.add_argument("--save-images", type=Path, default=None, help="also write real/ and fake/ PNG folders here")
     model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -85,7 +86,7 @@ def _metric_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _evaluate_model(args: argparse.Namespace) -> dict:
-    checkpoint, _ = load_checkpoint(args.ckpt)
+    checkpoint, _ = load_checkpoint(args.ckpt, args.trust_checkpoint)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{args.ckpt} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     config = build_config(args.base, checkpoint, args.overrides)

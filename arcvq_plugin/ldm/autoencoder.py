@@ -40,6 +40,7 @@ from typing import Any, Mapping, Optional, Sequence
 from arcvq_plugin.gan_training import ManualGANTraining, validate_disc_reconstruction
 from arcvq_plugin.quantizer_config import build_quantizer
 from arcvq_plugin.taming.vqgan import offline_lossconfig
+from arcvq_plugin.validation import check_bool
 
 from .compat import import_ldm
 
@@ -62,7 +63,9 @@ class VQModel(*_BASES):
     ``(reconstruction (B, C, H, W), quantiser loss)``. ``learning_rate`` must be set before
     training (``arcvq-train`` sets it from ``model.base_learning_rate`` as ldm's main.py does).
     ``disc_reconstruction``: ``"fresh"`` (default, ldm's behaviour) or ``"reuse"`` (see
-    :mod:`arcvq_plugin.gan_training`). A lossconfig naming taming's ``VQLPIPSWithDiscriminator`` is built as
+    :mod:`arcvq_plugin.gan_training`). ``check_finite`` (default True): refuse a training batch whose
+    input or loss holds NaN or inf, before it updates anything (:mod:`arcvq_plugin.finite_training`).
+    A lossconfig naming taming's ``VQLPIPSWithDiscriminator`` is built as
     :class:`arcvq_plugin.taming.losses.VQLPIPSWithDiscriminator` (same loss, LPIPS weights read
     from disk, none built at ``perceptual_weight: 0``).
     """
@@ -86,8 +89,10 @@ class VQModel(*_BASES):
         use_ema: bool = False,
         quantizer_config: Optional[Mapping[str, Any]] = None,
         disc_reconstruction: str = "fresh",
+        check_finite: bool = True,
     ) -> None:
         self.disc_reconstruction = validate_disc_reconstruction(disc_reconstruction)
+        self.check_finite = check_bool("check_finite", check_finite)
         for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -21,8 +21,10 @@ __all__ = ["load_for_inference"]
 
 
 def load_for_inference(config_paths: Sequence[str], ckpt_path: str, dotlist: Sequence[str] = (),
-                       device: str | torch.device = "cpu") -> torch.nn.Module:
+                       device: str | torch.device = "cpu", trust_checkpoint: bool = False) -> torch.nn.Module:
     """The model of ``config_paths`` (merged, then ``dotlist``) with ``ckpt_path``'s weights, in eval mode.
+
+    ``trust_checkpoint`` (default False): see :func:`arcvq_plugin.checkpoint_loading.load_checkpoint`.
 
     Raises ValueError (``CheckpointReadError``, ``CheckpointMismatch``) when the checkpoint cannot
     be read or its keys or shapes do not fit the model.
@@ -32,7 +34,7 @@ def load_for_inference(config_paths: Sequence[str], ckpt_path: str, dotlist: Seq
     config = load_configs(config_paths, dotlist)
     if "model" not in config:
         raise ValueError(f"{list(config_paths)} have no 'model' node (target/params)")
-    state = load_state_dict(ckpt_path)
+    state = load_state_dict(ckpt_path, trust_checkpoint)
     model = build_inference_model(config.model, state, strict=True,
                                   source=f"checkpoint {ckpt_path} (config {list(config_paths)})")
     return model.to(device)

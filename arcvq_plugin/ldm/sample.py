@@ -148,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--quantize_denoised", action="store_true", help="snap x0 predictions to the codebook")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -167,7 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_output_path(args.out, "--out", folder=True)
         else:
             _refuse_existing_outputs(args.out)
-        model = load_for_inference(args.config, args.ckpt, args.overrides, device=args.device)
+        model = load_for_inference(args.config, args.ckpt, args.overrides, device=args.device,
+                                   trust_checkpoint=args.trust_checkpoint)
         labels = None
         if getattr(model, "cond_stage_key", None) == "class_label":
             classes = args.classes

@@ -1,7 +1,7 @@
 """``arcvq-patch {check,apply,revert} PATH [--force] [--patches DIR]``.
 
-Exit status: 0 done (or nothing to do), 1 refused (the message says why), 2 bad usage or PATH
-is not a supported clone.
+Exit status: 0 done (or nothing to do), 1 refused (the message says why; also a clone that cannot
+be written, or a write that failed and was rolled back), 2 bad usage or PATH is not a supported clone.
 """
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except PatchRefused as err:
         print(f"arcvq-patch: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"arcvq-patch: writing into {clone} failed ({err}); every file was restored and nothing "
+              "was changed", file=sys.stderr)
         return 1
 
 

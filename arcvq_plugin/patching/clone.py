@@ -100,7 +100,7 @@ def inspect_clone(clone: Path, series: PatchSeries) -> CloneState:
     if is_git:
         rev = _git(clone, "rev-parse", "--verify", "-q", "HEAD")
         head = rev.stdout.strip() if rev.returncode == 0 else None
-        status = _git(clone, "status", "--porcelain", "--untracked-files=no")
+        status = _git(clone, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
         if status.returncode != 0:
             raise RuntimeError(f"git status failed in {clone}: {status.stderr.strip()}")
         dirty = sorted(line[3:] for line in status.stdout.splitlines() if line.strip())

@@ -5,6 +5,11 @@ temporary folder, applies every patch there in order, and only when all of them 
 the originals to ``<clone>/.arcvq-patch/<upstream>/`` and then the patched files into the clone
 (each by an atomic rename; a failure part-way restores the files already written). ``revert``
 puts the kept originals back and checks every byte against the sha256 recorded at apply time.
+
+A clone (or a touched file's folder) this process may not write into is refused before anything
+is written; a write that fails anyway (a full disk) is rolled back completely: the touched files
+keep their bytes, no ``.arcvq-patch/`` record and no ``*.arcvq-patch-tmp`` file stay behind, and
+the caller gets the OSError.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..atomic_outputs import OutputError, check_writable_folder
 from .clone import RECORD_DIR, CloneState, inspect_clone, record_path
 from .series import PatchSeries, sha256_of
 
@@ -75,12 +81,31 @@ def _stage(clone: Path, series: PatchSeries) -> dict[str, bytes]:
         return {path: (work / path).read_bytes() for path in series.paths}
 
 
+def _refuse_unwritable(clone: Path, series: PatchSeries) -> None:
+    """PatchRefused unless the clone's root and the folder of every touched file can be written."""
+    folders = sorted({clone} | {(clone / path).parent for path in series.paths})
+    try:
+        for folder in folders:
+            check_writable_folder(folder, "arcvq-patch")
+    except OutputError as err:
+        raise PatchRefused(f"{err}: the clone must be writable (patched files and {RECORD_DIR}/ are "
+                           "written into it); nothing was changed") from None
+
+
 def _write_atomic(target: Path, data: bytes) -> None:
-    """Replace ``target``'s bytes by a rename, keeping its permission bits."""
+    """Replace ``target``'s bytes by a rename, keeping its permission bits; no temporary file
+    stays behind when writing fails."""
     tmp = target.with_name(target.name + ".arcvq-patch-tmp")
-    tmp.write_bytes(data)
-    shutil.copymode(target, tmp)
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _replace_all(clone: Path, contents: dict[str, bytes], fallback: dict[str, bytes]) -> None:
@@ -115,21 +140,20 @@ def apply_series(clone: Path, series: PatchSeries, *, force: bool = False) -> st
     if reasons and not force:
         raise PatchRefused("refusing to patch: " + "; ".join(reasons) + ". Use --force to apply anyway "
                            "(originals are kept for `arcvq-patch revert`)")
+    _refuse_unwritable(clone, series)
     originals = {path: (clone / path).read_bytes() for path in series.paths}
     patched = _stage(clone, series)
     keep = record_path(clone, series)
-    if keep.exists():
-        shutil.rmtree(keep)
-    for path, data in originals.items():
-        (keep / "original" / path).parent.mkdir(parents=True, exist_ok=True)
-        (keep / "original" / path).write_bytes(data)
-    record = {
-        "upstream": series.upstream, "commit": series.commit, "head": state.head, "forced": bool(reasons),
-        "files": {path: {"original_sha256": sha256_of(keep / "original" / path),
-                         "patched_sha256": _sha_bytes(patched[path])} for path in series.paths},
-    }
-    (keep / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     try:
+        for path, data in originals.items():
+            (keep / "original" / path).parent.mkdir(parents=True, exist_ok=True)
+            (keep / "original" / path).write_bytes(data)
+        record = {
+            "upstream": series.upstream, "commit": series.commit, "head": state.head, "forced": bool(reasons),
+            "files": {path: {"original_sha256": sha256_of(keep / "original" / path),
+                             "patched_sha256": _sha_bytes(patched[path])} for path in series.paths},
+        }
+        (keep / "record.json").write_text(json.dumps(record, indent=2) + "\n")
         _replace_all(clone, patched, originals)
     except BaseException:
         _remove_record(clone, series)
@@ -177,6 +201,7 @@ def revert_series(clone: Path, series: PatchSeries, *, force: bool = False) -> s
             raise PatchRefused(f"the kept original of {path} in {keep} does not match its recorded sha256; "
                                "nothing was changed")
         originals[path] = data
+    _refuse_unwritable(clone, series)
     current = {path: (clone / path).read_bytes() for path in originals}
     _replace_all(clone, originals, current)
     _remove_record(clone, series)

@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=1, help="initialisation and data-order seed (default 1)")
     sample = sub.add_parser("sample", help="sample grids, decode them, optionally score them by FID")
     sample.add_argument("--prior", type=Path, required=True, help="prior.ckpt written by train")
+    sample.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
     sample.add_argument("--out", type=Path, required=True, help="folder for tokens.npy, samples.png, sample.json")
     sample.add_argument("--n", type=positive_int, default=1000, help="grids to sample (default 1000)")
     sample.add_argument("--temperature", type=positive_float, default=1.0, help="softmax temperature (default 1)")
@@ -199,7 +200,7 @@ def _sample(args: argparse.Namespace) -> int:
     outputs = [out / "tokens.npy", out / "tokens.json", out / "samples.png", out / "sample.json"]
     _refuse_overwrite(outputs, args.force)
     device = _device(args.device)
-    checkpoint, _ = load_checkpoint(args.prior)
+    checkpoint, _ = load_checkpoint(args.prior, args.trust_checkpoint)
     if not isinstance(checkpoint, dict) or "summary" not in checkpoint:
         raise ValueError(f"{args.prior} is not a prior.ckpt written by arcvq-prior train")
     summary = checkpoint["summary"]
@@ -210,7 +211,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError("the train tokens' sidecar names no tokenizer: pass --tokenizer-config and --tokenizer-ckpt")
     model = GatedPixelCNN(**summary["model"]).to(device)
     model.load_state_dict(checkpoint["state_dict"])
-    tokenizer = tokenizer_of(load_for_inference(config_paths, tokenizer_ckpt, source.get("overrides", ()), device=device))
+    tokenizer = tokenizer_of(load_for_inference(config_paths, tokenizer_ckpt, source.get("overrides", ()), device=device,
+                                                  trust_checkpoint=args.trust_checkpoint))
     if codebook_size(tokenizer) != model.codebook_size:
         raise ValueError(f"the tokenizer has {codebook_size(tokenizer)} codes, the prior models {model.codebook_size}")
     reference = None

@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 from arcvq_plugin.compat import install_lightning_shims
 from arcvq_plugin.gan_training import ManualGANTraining, validate_disc_reconstruction
 from arcvq_plugin.quantizer_config import build_quantizer, plain_config
+from arcvq_plugin.validation import check_bool
 
 install_lightning_shims()
 from taming.models import vqgan as taming_vqgan  # noqa: E402  (needs the shims above)
@@ -74,6 +75,8 @@ class VQModel(*_BASES):
             and ``sane_index_shape`` are filled from the model's arguments.
         disc_reconstruction: ``"fresh"`` (default: the discriminator sees a second forward made
             after the autoencoder's step, as upstream) or ``"reuse"`` (one forward per batch).
+        check_finite: refuse a training batch whose input or loss holds NaN or inf, before it
+            updates anything (default True; :mod:`arcvq_plugin.finite_training`).
     The quantiser is in place before ``ckpt_path`` is loaded, so ``init_from_ckpt`` restores it
     too (codebook and clock). Batches: ``{image_key: (B, H, W, C) float in [-1, 1]}``.
     ``learning_rate`` must be set before training (``arcvq-train`` sets it from
@@ -86,8 +89,9 @@ class VQModel(*_BASES):
                  monitor: Optional[str] = None, remap: Optional[str] = None,
                  sane_index_shape: bool = False,
                  quantizer_config: Optional[Mapping] = None,
-                 disc_reconstruction: str = "fresh") -> None:
+                 disc_reconstruction: str = "fresh", check_finite: bool = True) -> None:
         self.disc_reconstruction = validate_disc_reconstruction(disc_reconstruction)
+        self.check_finite = check_bool("check_finite", check_finite)
         for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -62,6 +62,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("-l", "--logdir", type=str, default="logs", help="directory holding the log dirs")
     parser.add_argument("--scale_lr", type=_str2bool, nargs="?", const=True, default=True,
                         help="learning rate = accumulate_grad_batches * num_devices * batch_size * base_learning_rate")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow -r/--resume to load a checkpoint that pickles Python objects besides tensors "
+                        "(torch.load(weights_only=False) runs code from the file); without it such a file is refused")
     trainer_group = parser.add_argument_group("trainer", "pytorch_lightning.Trainer arguments (override lightning.trainer)")
     trainer_group.add_argument("--gpus", type=str, default=argparse.SUPPRESS,
                                help="GPU indices '0,1' (or a count '2'): accelerator gpu, DDP for several")

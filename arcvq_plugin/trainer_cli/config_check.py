@@ -10,6 +10,10 @@ spelling:
 - ``params`` values of the wrong type where ``__init__`` annotates a plain type (``int``, ``float``,
   ``bool``, ``str``, optionally ``Optional``): ``n_embed: "1024"`` or ``arc_top_k: 2.5`` are
   errors here, before anything is built (the classes check the ranges themselves);
+- ``params.ddconfig`` (the keyword arguments upstream passes to taming's / ldm's ``Encoder`` and
+  ``Decoder``, which annotate nothing): a missing required key, or a value of the wrong type
+  (``ch: "32"``, ``double_z: "False"``); types of keys with a default are those of the upstream
+  defaults, the required ones are listed in ``DDCONFIG_REQUIRED``;
 - ``lightning.trainer`` keys that pytorch-lightning 2.x's ``Trainer`` does not accept, with the
   replacement of the 1.x names taming/LDM configs used.
 """
@@ -25,7 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from arcvq_plugin.config import get_obj_from_str
 
-__all__ = ["SECTION_KEYS", "ConfigError", "check_config", "check_trainer_kwargs"]
+__all__ = ["DDCONFIG_REQUIRED", "SECTION_KEYS", "ConfigError", "check_config", "check_ddconfig", "check_trainer_kwargs"]
 
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("target", "params", "base_learning_rate"),
@@ -54,6 +58,15 @@ REMOVED_TRAINER_KEYS: dict[str, str] = {
     "multiple_trainloader_mode": "a CombinedLoader",
     "prepare_data_per_node": "the datamodule attribute prepare_data_per_node",
 }
+
+
+# ddconfig keys upstream's Encoder / Decoder require (no default to take a type from): key -> type,
+# ``list`` meaning a list of integers.
+DDCONFIG_REQUIRED: dict[str, type] = {
+    "ch": int, "out_ch": int, "num_res_blocks": int, "in_channels": int, "resolution": int, "z_channels": int,
+    "ch_mult": list, "attn_resolutions": list,
+}
+UPSTREAM_AUTOENCODER_MODULES = ("taming.modules.diffusionmodules.model", "ldm.modules.diffusionmodules.model")
 
 
 class ConfigError(ValueError):
@@ -102,6 +115,8 @@ def _check_target(path: str, node: Any, required: bool) -> None:
     if not isinstance(params, (Mapping, DictConfig)):
         raise ConfigError(f"{path}.params must be a mapping, got {params!r}")
     _check_params(f"{path}.params", target, cls, params)
+    if "ddconfig" in params:
+        check_ddconfig(f"{path}.params.ddconfig", params["ddconfig"])
 
 
 def _check_params(path: str, target: str, cls: Any, params: Mapping) -> None:
@@ -153,6 +168,60 @@ def _check_param_types(path: str, target: str, cls: Any, params: Mapping) -> Non
         if allowed is not None and not _fits(value, allowed):
             wanted = " or ".join(_TYPE_NAMES[t] for t in allowed)
             raise ConfigError(f"{path}.{key}: {target} takes {wanted}, got {value!r} ({type(value).__name__})"
+                              f"{'; remove the quotes' if isinstance(value, str) else ''}")
+
+
+def _ddconfig_types() -> dict[str, type]:
+    """key -> type of every ddconfig key: ``DDCONFIG_REQUIRED`` plus the type of each default of
+    the upstream ``Encoder`` / ``Decoder`` that import (a tuple default: ``list``)."""
+    types_ = dict(DDCONFIG_REQUIRED)
+    for module_name in UPSTREAM_AUTOENCODER_MODULES:
+        try:
+            module = __import__(module_name, fromlist=["Encoder", "Decoder"])
+        except ImportError:
+            continue
+        for cls in (module.Encoder, module.Decoder):
+            for parameter in inspect.signature(cls).parameters.values():
+                default = parameter.default
+                if parameter.name not in types_ and default is not inspect.Parameter.empty:
+                    types_[parameter.name] = list if isinstance(default, tuple) else type(default)
+    return types_
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_ddconfig(path: str, ddconfig: Any) -> None:
+    """ConfigError naming ``path.<key>`` for a ddconfig that upstream's Encoder / Decoder would
+    fail on deep inside torch: not a mapping, a required key missing, a value of the wrong type."""
+    values = OmegaConf.to_container(ddconfig, resolve=True) if isinstance(ddconfig, (DictConfig, ListConfig)) \
+        else ddconfig
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path} must be a mapping of the encoder / decoder settings, got {values!r}")
+    missing = [key for key in DDCONFIG_REQUIRED if key not in values]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}: taming's / ldm's Encoder and Decoder require "
+                          f"{', '.join(DDCONFIG_REQUIRED)}")
+    for key, wanted in _ddconfig_types().items():
+        if key not in values:
+            continue
+        value = values[key]
+        if wanted is list:
+            fits = isinstance(value, (list, tuple)) and all(_is_integer(v) for v in value)
+            name = "a list of integers"
+        elif wanted is float:
+            fits = _is_integer(value) or isinstance(value, float)
+            name = _TYPE_NAMES[float]
+        elif wanted is int:
+            fits = _is_integer(value)
+            name = _TYPE_NAMES[int]
+        else:
+            fits = isinstance(value, wanted)
+            name = _TYPE_NAMES.get(wanted, wanted.__name__)
+        if not fits:
+            raise ConfigError(f"{path}.{key} must be {name} (taming's / ldm's Encoder and Decoder take it so), "
+                              f"got {value!r} ({type(value).__name__})"
                               f"{'; remove the quotes' if isinstance(value, str) else ''}")
 
 

@@ -3,10 +3,11 @@
 Upstream accepts a log dir (``<logdir>/checkpoints/last.ckpt`` is used) or a checkpoint file inside
 ``<logdir>/checkpoints/``; the log dir's ``configs/*.yaml`` are merged before any ``--base``.
 
-torch >= 2.6 loads with ``weights_only=True`` by default. Checkpoints written by this CLI hold only
-tensors and plain containers and load that way; a checkpoint that pickles other objects (for
-example OmegaConf hyper-parameters saved by ``save_hyperparameters``) is loaded with
-``weights_only=False`` only because the user named it with ``--resume``, and the CLI says so.
+The checkpoint is loaded tensors-only (``torch.load(weights_only=True)``); checkpoints written by
+this CLI hold only tensors and plain containers and load that way. A checkpoint that pickles other
+objects (for example OmegaConf hyper-parameters of older Lightning releases, or a planted call) is
+refused before anything from it runs, unless ``--trust-checkpoint`` is given (see
+:mod:`arcvq_plugin.checkpoint_loading`).
 """
 from __future__ import annotations
 

@@ -8,15 +8,17 @@ Budgets (``--budget``):
 
 Schedules (``--schedule``), an explicit deviation from the paper when not ``paper``: at a reduced
 budget of T steps the paper's ``lambda(t) = gamma0 exp(-delta t)`` ends at ``exp(-delta T)`` (0.88
-after 250 steps, the reduced budget) instead of ``exp(-delta T_paper)`` (4e-7 after 29,500). With
-``factor = T_paper / T``:
+after 250 steps, the reduced budget) instead of ``exp(-delta T_paper)`` (4e-7 after 29,500). The
+two others set ArcQuantizer's schedule horizon (``schedule_horizon: T``, the row's
+``schedule_reference_horizon``: T_paper), so the rates are multiplied by ``T_paper / T``:
 
-- ``relative``: ``delta <- delta * factor`` and ``alpha <- alpha * factor``, so lambda(t) and
-  R(t) = exp(alpha t) both have the paper's shape over the run: lambda(T) and R(T) equal the
-  paper's lambda(T_paper) and R(T_paper);
-- ``relative-lambda``: ``delta <- delta * factor`` only (the norm bound keeps the paper's alpha).
+- ``relative``: ``schedule_rescale: both``: delta and alpha, so lambda(t) and R(t) = exp(alpha t)
+  both have the paper's shape over the run: lambda(T) and R(T) equal the paper's lambda(T_paper)
+  and R(T_paper);
+- ``relative-lambda``: ``schedule_rescale: arc_weight``: delta only (the norm bound keeps the
+  paper's alpha).
 
-Both rescale only ArcQuantizer rows (a vanilla VQ row has no schedule).
+Both set only ArcQuantizer rows (a vanilla VQ row has no schedule).
 """
 from __future__ import annotations
 
@@ -25,13 +27,18 @@ import math
 from pathlib import Path
 from typing import Mapping, Optional
 
-from arcvq_plugin.quantizer import ArcQuantizer
+import torch
 
-__all__ = ["BUDGETS", "SCHEDULES", "budget_config_paths", "is_arc_quantizer", "run_steps", "schedule_overrides",
-           "steps_per_epoch"]
+from arcvq_plugin.quantizer import ArcQuantizer
+from arcvq_plugin.schedules import arc_weight, effective_rates, radius
+
+__all__ = ["BUDGETS", "SCHEDULES", "budget_config_paths", "is_arc_quantizer", "run_steps", "schedule_end",
+           "schedule_overrides", "steps_per_epoch"]
 
 BUDGETS = ("reduced", "paper")
 SCHEDULES = ("paper", "relative", "relative-lambda")
+SCHEDULE_RESCALES = {"relative": "both", "relative-lambda": "arc_weight"}
+"""``--schedule`` -> the ArcQuantizer ``schedule_rescale`` it sets."""
 REDUCED_BUDGET_FILE = "reduced_budget.yaml"
 ARC_QUANTIZER_TARGETS = ("arcvq_plugin.ArcQuantizer", "arcvq_plugin.quantizer.ArcQuantizer")
 
@@ -61,21 +68,34 @@ def is_arc_quantizer(quantizer_config: Optional[Mapping]) -> bool:
     return quantizer_config is not None and quantizer_config.get("target") in ARC_QUANTIZER_TARGETS
 
 
-def schedule_overrides(quantizer_params: Mapping, schedule: str, factor: float) -> dict[str, float]:
-    """The rescaled ``{"arc_gamma_decay": ..., "bbnr_alpha": ...}`` of an ArcQuantizer's params.
+def schedule_overrides(schedule: str, steps: int, reference_steps: int) -> dict:
+    """The ArcQuantizer options of ``--schedule`` for a run of ``steps`` codebook steps.
 
     Args:
-        quantizer_params: the row's ArcQuantizer params (``bbnr_alpha``, ``arc_gamma_decay``;
-            absent keys take ArcQuantizer's defaults).
         schedule: one of :data:`SCHEDULES`; ``paper`` returns ``{}``.
-        factor: paper steps / run steps (> 0).
+        steps: the run's codebook steps T (>= 1): ``schedule_horizon``.
+        reference_steps: the steps for which the row's rates were set (the paper's run, >= 1):
+            ``schedule_reference_horizon``.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if not factor > 0:
-        raise ValueError(f"factor must be > 0, got {factor}")
     if schedule == "paper":
         return {}
+    effective_rates(0.0, 0.0, steps, reference_steps, SCHEDULE_RESCALES[schedule])  # validates both horizons
+    return {"schedule_horizon": int(steps), "schedule_reference_horizon": int(reference_steps),
+            "schedule_rescale": SCHEDULE_RESCALES[schedule]}
+
+
+def schedule_end(quantizer_params: Mapping, clock: int) -> tuple[float, float]:
+    """``(lambda(clock), R(clock))`` of a new ArcQuantizer (clock origin 0) with ``quantizer_params``
+    (absent keys take ArcQuantizer's defaults; an integer ``schedule_horizon`` rescales the rates)."""
     defaults = inspect.signature(ArcQuantizer).parameters
-    keys = ("arc_gamma_decay", "bbnr_alpha") if schedule == "relative" else ("arc_gamma_decay",)
-    return {key: float(quantizer_params.get(key, defaults[key].default)) * factor for key in keys}
+    value = {key: quantizer_params.get(key, defaults[key].default)
+             for key in ("arc_gamma", "arc_gamma_decay", "bbnr_alpha", "schedule_horizon",
+                         "schedule_reference_horizon", "schedule_rescale")}
+    alpha, delta = float(value["bbnr_alpha"]), float(value["arc_gamma_decay"])
+    if value["schedule_horizon"] is not None:
+        alpha, delta = effective_rates(alpha, delta, value["schedule_horizon"],
+                                       value["schedule_reference_horizon"], value["schedule_rescale"])
+    t = torch.tensor(clock)
+    return float(arc_weight(float(value["arc_gamma"]), delta, t)), float(radius(alpha, t))

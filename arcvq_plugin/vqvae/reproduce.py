@@ -12,10 +12,11 @@ differences between rows are paired by seed (``statistics``).
 
 Tables: without ``--sweep`` one table of the ``--rows`` (default vq, cosine, bbnr, arcvq; also
 ``arcvq_fixed_bound``, Appendix D.4; ``cvq``, the CVQ-VAE baseline of Table 1; ``arcvq_rotation``,
-ArcVQ with the rotation trick); each ``--sweep key=v1,v2,...`` gives one table of the
-``--rows`` (default arcvq) at each value. Every table shows every seed, mean +- std per row, the
-reference row (ArcVQ-VAE, or the sweep's default value) minus every other row with a 95%
-t-interval over seeds, and the paper's numbers. Written to ``--out``:
+ArcVQ with the rotation trick; ``simvq``, ``ibq``, ``fsq``, baselines of ``arcvq_plugin.baselines``);
+each ``--sweep key=v1,v2,...`` gives one table of the ``--rows`` (default arcvq) at each value.
+Every table shows every seed, mean +- std per row, the reference row (ArcVQ-VAE, or the sweep's
+default value) minus every other row with a 95% t-interval over seeds, and the paper's numbers.
+Written to ``--out``:
 
     results.json                    settings, machine, every table (seeds, summaries, differences)
     table.md                        the printed tables
@@ -53,9 +54,8 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path
 from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.schedules import arc_weight, radius
 from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
-                                       schedule_overrides)
+                                       schedule_end, schedule_overrides)
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_codebook_figures, save_reconstruction_grid,
                                         save_table_figures)
 from arcvq_plugin.vqvae.model import VQVAE
@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto (default: cuda when torch sees a GPU, else cpu), cpu or cuda")
     parser.add_argument("--schedule", choices=SCHEDULES, default="paper",
-                        help="paper (default); relative: ArcLoss decay delta and BBNR growth alpha times "
-                             "paper steps / run steps, so lambda(t) and R(t) have the paper's shape over the run; "
-                             "relative-lambda: delta only. Not the paper's setting: labelled in every table")
+                        help="paper (default); relative: ArcQuantizer schedule_horizon = run steps with "
+                             "schedule_rescale both (ArcLoss decay delta and BBNR growth alpha times paper steps / "
+                             "run steps, so lambda(t) and R(t) have the paper's shape over the run); relative-lambda: "
+                             "schedule_rescale arc_weight (delta only). Not the paper's setting: labelled in every table")
     parser.add_argument("--sweep", type=parse_sweep, action="append", default=[], metavar="KEY=V1,V2,...",
                         help="one table per sweep of a model or quantiser parameter, e.g. arc_top_k=1,3,8, "
                              "arc_m=0.1,0.5,1.0, arc_s=5,10,20, embed_dim=4,8,16 (repeatable)")
@@ -289,20 +290,17 @@ def _schedule_notes(schedule: str, factor: float, steps: int, paper_steps: int, 
                     paper_config: DictConfig) -> list[str]:
     """Lines stating the ArcVQ schedule of the run (lambda and R at its last step, against the paper's);
     a schedule other than the paper's says that it is a deviation."""
-    def ends(params: DictConfig, clock: int) -> tuple[float, float]:
-        t = torch.tensor(clock)
-        return (float(arc_weight(float(params.arc_gamma), float(params.arc_gamma_decay), t)),
-                float(radius(float(params.bbnr_alpha), t)))
-
     params, paper = config.model.params.quantizer_config.params, paper_config.model.params.quantizer_config.params
-    (weight, bound), (paper_weight, paper_bound) = ends(params, steps), ends(paper, paper_steps)
+    (weight, bound), (paper_weight, paper_bound) = schedule_end(params, steps), schedule_end(paper, paper_steps)
     end = (f"at the run's last step ({steps}) lambda = {weight:.3g} and R = {bound:.4g}; the paper's schedule "
            f"ends ({paper_steps} steps) at lambda = {paper_weight:.3g} and R = {paper_bound:.4g}")
     if schedule == "paper":
-        return [f"Schedule: the paper's (delta {float(params.arc_gamma_decay):.3g}, alpha {float(params.bbnr_alpha):.3g}); {end}."]
+        return [f"Schedule: the paper's (delta {float(params.arc_gamma_decay):.3g}, alpha {float(params.bbnr_alpha):.3g}), "
+                f"the recommended setting (README, \"Schedules that fit the run\"); {end}."]
     scaled = "delta and alpha" if schedule == "relative" else "delta only"
     return [f"**Schedule: {schedule}, a deviation from the paper**: {scaled} multiplied by {factor:.4g} "
-            f"(paper steps / run steps); {end}."]
+            f"(paper steps / run steps: ArcQuantizer schedule_horizon {steps}, schedule_reference_horizon "
+            f"{params.schedule_reference_horizon}, schedule_rescale {params.schedule_rescale}); {end}."]
 
 
 def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, sweeps: Sequence[Sweep]) -> dict:
@@ -327,10 +325,13 @@ def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, swee
             max_steps = config.lightning.trainer.get("max_steps")
             steps = run_steps(n_run, batch, epochs, None if max_steps in (None, -1) else int(max_steps))
             paper_steps = run_steps(n_paper, int(base.data.params.batch_size), int(base.lightning.trainer.max_epochs))
+            if device.type == "cuda":  # the model's per-batch finiteness check is a host sync too
+                OmegaConf.update(config, "model.params.check_finite", False)
             quantizer = config.model.params.get("quantizer_config")
             if is_arc_quantizer(quantizer):
-                for param, scaled in schedule_overrides(quantizer.params, args.schedule, paper_steps / steps).items():
-                    OmegaConf.update(config, f"model.params.quantizer_config.params.{param}", scaled)
+                reference = int(quantizer.params.get("schedule_reference_horizon") or paper_steps)
+                for param, value in schedule_overrides(args.schedule, steps, reference).items():
+                    OmegaConf.update(config, f"model.params.quantizer_config.params.{param}", value)
                 if device.type == "cuda":  # its per-forward finiteness check is a host sync; BoundTrace checks per epoch
                     OmegaConf.update(config, "model.params.quantizer_config.params.check_finite", False)
                 if not notes or (row == "arcvq" and key is None):
@@ -341,8 +342,8 @@ def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, swee
             variants.append(Variant(name, label, config, None if key is None else {"key": key, "value": value}))
         tables[table_name] = variants
     if device.type == "cuda":
-        notes = [*notes, "On CUDA the ArcQuantizer's per-forward finiteness check (a host sync) is off "
-                         "(check_finite: false); the codebook's finiteness is checked once per epoch instead."]
+        notes = [*notes, "On CUDA the per-batch finiteness checks of the model and the ArcQuantizer (host syncs) "
+                         "are off (check_finite: false); the codebook's finiteness is checked once per epoch instead."]
     return {"rows": rows, "tables": tables, "steps": steps, "paper_steps": paper_steps, "notes": notes}
 
 
@@ -372,7 +373,9 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
     unavailable.update({name: why for name, why in (result.get("unavailable") or {}).items() if requested.get(name, True)})
     metrics = {k: result[k] for k in ("psnr", "ssim", "lpips", "rfid")}
     metrics.update(codebook_metrics(indices, model.n_embed))
-    codebook = model.quantize.embedding.weight.detach().cpu()
+    quantize = model.quantize  # SimVQ, FSQ: the decoder sees ``codebook``, not ``embedding.weight``
+    codebook = quantize.codebook if hasattr(type(quantize), "codebook") else quantize.embedding.weight
+    codebook = codebook.detach().cpu()
     clipping = summarize_clipping(trained.clipped_fraction)
     metrics.update(mean_code_norm=float(codebook.double().norm(dim=1).mean()),
                    clipped_last=None if clipping is None else clipping["last"], clipping=clipping,
@@ -389,7 +392,6 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
         (out / "clipping").mkdir(exist_ok=True)
         _write_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
             f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
-    quantize = model.quantize
     snapshot = CodebookSnapshot(
         label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
         reconstructions=fake[:N_GRID_IMAGES], originals=real[:N_GRID_IMAGES],
