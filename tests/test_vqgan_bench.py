@@ -160,3 +160,19 @@ def test_end_to_end_on_a_png_folder(tmp_path: Path, tiny_configs: Path, capsys):
     # a restarted run reuses every finished row and seed
     assert reproduce_main(argv) == 0
     assert capsys.readouterr().out.count("reusing") == 4
+
+
+@pytest.mark.parametrize("row", cli.available_rows(CONFIGS))
+def test_every_row_trains_through_the_discriminator_start_and_evaluates(tiny_configs: Path, row: str):
+    config = cli.row_config(tiny_configs, row, max_steps=3)  # the discriminator starts after step 2
+    if row == "fsq":
+        config.model.params.quantizer_config.params.levels = [4, 4, 4]  # the tiny overlay's 64 codes
+    pixels = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
+    metrics_of = cli._evaluator(pixels, lpips=False, fid=False, device=torch.device("cpu"), provenance={})
+    curve = CurveEvaluation([3], metrics_of)
+    trained = train_vqgan(config, seed=0, curve=curve)
+    assert trained.model.optimizer_steps == 3
+    metrics = curve.points[0].metrics
+    assert np.isfinite([metrics["psnr"], metrics["ssim"], metrics["mean_code_norm"]]).all()
+    assert 0 < metrics["usage"] <= 1
+    assert all(torch.isfinite(p).all() for p in trained.model.parameters())

@@ -29,16 +29,16 @@ from typing import Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from arcvq_plugin.atomic_outputs import OutputError, check_output_path
+from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.data.image_folder import uint8_to_signed_unit
-from arcvq_plugin.vqgan_bench.data import FolderImages, check_split
+from arcvq_plugin.vqgan_bench.data import check_split
 from arcvq_plugin.vqgan_bench.training import CurveEvaluation, log_spaced_steps, reconstruct, train_vqgan
 from arcvq_plugin.vqvae.budget import BUDGETS
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_learning_curves, save_reconstruction_grid,
                                         save_table_figures)
 from arcvq_plugin.vqvae.report import ROW_LABELS, build_table, format_curve_differences, format_table
+from arcvq_plugin.vqvae.reproduce import machine_description, resolve_device, seed_argument
 
 __all__ = ["DEFAULT_ROWS", "available_rows", "build_parser", "default_config_dir", "main", "row_config"]
 
@@ -58,13 +58,6 @@ def available_rows(config_dir: Path) -> list[str]:
     return sorted(p.stem for p in Path(config_dir).glob("*.yaml") if p.name != BUDGET_FILE)
 
 
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arcvq-reproduce --model vqgan",
@@ -75,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of images (jpg/jpeg/png/webp, recursive; DIR/train + DIR/validation when "
                              "present, else a file-disjoint split); default: crops of scikit-image's photographs")
     parser.add_argument("--rows", nargs="+", default=None, help=f"rows (default: {' '.join(DEFAULT_ROWS)})")
-    parser.add_argument("--seeds", nargs="+", type=_seed, default=[1], help="seeds (default 1); 3+ give t-intervals")
+    parser.add_argument("--seeds", nargs="+", type=seed_argument, default=[1], help="seeds (default 1); 3+ give t-intervals")
     parser.add_argument("--budget", choices=BUDGETS, default="reduced",
                         help="reduced (default: configs/vqgan_bench/reduced_budget.yaml, f4 on 32x32, CPU) or "
                              "paper (the rows as they are: the paper's f8 ImageNet tokenizer; use --device cuda)")
@@ -151,7 +144,7 @@ def _code_norm_stats(codebook: torch.Tensor) -> dict:
 
 def _evaluator(pixels: torch.Tensor, lpips: bool, fid: bool, device: torch.device, provenance: dict):
     """``(model, step) -> metrics`` on the validation pixels; ``provenance`` collects the metric weights."""
-    from arcvq_plugin.evaluation import codebook_metrics, reconstruction_metrics
+    from arcvq_plugin.evaluation import codebook_metrics, decoder_codebook, reconstruction_metrics
 
     def metrics_of(model, step: int) -> dict:
         real, fake, indices = reconstruct(model, pixels)
@@ -160,7 +153,7 @@ def _evaluator(pixels: torch.Tensor, lpips: bool, fid: bool, device: torch.devic
                           unavailable={k: v for k, v in result["unavailable"].items() if v != "not requested"})
         metrics = {k: result[k] for k in ("psnr", "ssim", "lpips", "rfid")}
         metrics.update(codebook_metrics(indices, model.quantize.n_e))
-        metrics.update(_code_norm_stats(model.quantize.embedding.weight.detach().cpu()))
+        metrics.update(_code_norm_stats(decoder_codebook(model.quantize)))
         return metrics
     return metrics_of
 
@@ -190,7 +183,7 @@ def _run_row(row: str, seed: int, config: DictConfig, steps: list[int], pixels: 
     final = dict(curve_points[-1]) if curve_points else {}
     final.update(train_seconds=trained.seconds)
     return {"row": row, "seed": seed, "metrics": final, "curve": curve_points,
-            "codebook": model.quantize.embedding.weight.detach().cpu(),
+            "codebook": decoder_codebook(model.quantize),
             "counts": torch.bincount(indices, minlength=model.quantize.n_e),
             "reconstructions": fake[:N_GRID_IMAGES], "originals": real[:N_GRID_IMAGES],
             "radius": float(model.quantize.radius) if getattr(model.quantize, "use_bbnr", False) else None,
@@ -220,10 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "choose another --out", file=sys.stderr)
         return 2
     try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch sees no CUDA device; use --device cpu or auto")
-        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                              else "cpu")
+        device = resolve_device(args.device)
         configs = {row: row_config(args.config_dir, row, args.budget, args.data, args.max_steps, args.epochs,
                                    args.batch_size) for row in args.rows}
         first = configs[args.rows[0]]
@@ -248,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             key = _fingerprint(configs[row], seed, steps, not args.no_lpips, not args.no_fid)
             path = out / "runs" / f"{row}_seed{seed}.pt"
             if path.is_file() and not args.force:
-                saved = torch.load(path, weights_only=False)
+                saved = torch.load(path, map_location="cpu", weights_only=True)
                 if saved.get("fingerprint") == key:
                     print(f"[vqgan] {row} seed {seed}: reusing {path}", flush=True)
                     results[(row, seed)] = saved
@@ -256,17 +246,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     continue
             result = _run_row(row, seed, configs[row], steps, pixels.to(device), args, device, provenance)
             result.update(fingerprint=key, provenance=dict(provenance))
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save(result, tmp)
-            os.replace(tmp, path)
+            save_torch_atomic(result, path)
             results[(row, seed)] = result
     text, payload = _report(args, configs, seeds, steps, results, provenance, pixels, device)
-    payload["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-                          "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
-                          "wall_seconds": time.perf_counter() - start}
+    payload["machine"] = machine_description(device)
+    payload["machine"].update(load_average_start=list(load_start), load_average_end=list(os.getloadavg()),
+                              wall_seconds=time.perf_counter() - start)
     print("\n" + text)
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
+    write_text_atomic(out / "table.md", text)
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=2, default=float))
     print(f"wrote {out / 'results.json'}, {out / 'table.md'} and the figures in {out}")
     return 0
 

@@ -8,6 +8,7 @@ evaluation ends with bit-identical weights (tests/test_vqgan_bench.py proves it)
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -112,6 +113,7 @@ def train_vqgan(config: DictConfig, seed: int, curve: Optional[CurveEvaluation] 
     for ``lightning.trainer.max_steps`` autoencoder steps. The learning rate is ``model.base_learning_rate``
     unscaled. ``curve`` (optional) evaluates during the run."""
     device = torch.device(device)
+    config = copy.deepcopy(config)  # the caller's config (a restarted run's fingerprint) stays as given
     pl.seed_everything(seed, workers=True)
     model = instantiate_from_config(config.model)
     model.learning_rate = float(config.model.base_learning_rate)
