@@ -176,3 +176,19 @@ def test_every_row_trains_through_the_discriminator_start_and_evaluates(tiny_con
     assert np.isfinite([metrics["psnr"], metrics["ssim"], metrics["mean_code_norm"]]).all()
     assert 0 < metrics["usage"] <= 1
     assert all(torch.isfinite(p).all() for p in trained.model.parameters())
+
+
+def test_paper_budget_runs_the_f8_imagenet_tokenizer_config_on_a_folder(tmp_path: Path, capsys):
+    """--budget paper: the rows as they are (f8, 256 px, K=1024, D=16) on --data, a step on the CPU."""
+    data = _png_folder(tmp_path / "pngs", 12, size=40)
+    out = tmp_path / "out"
+    argv = ["--model", "vqgan", "--budget", "paper", "--data", str(data), "--rows", "arcvq", "--max-steps", "1",
+            "--batch-size", "1", "--out", str(out), "--device", "cpu", "--no-fid", "--no-lpips"]
+    assert reproduce_main(argv) == 0
+    assert "[vqgan] arcvq seed 1: step 1/1" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["budget"] == "paper" and results["settings"]["steps"] == 1
+    assert "256 px" in results["tables"]["vqgan"]["title"]
+    saved = torch.load(out / "runs" / "arcvq_seed1.pt", weights_only=True)
+    assert saved["codebook"].shape == (1024, 16)
+    assert saved["reconstructions"].shape[-2:] == (256, 256)

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.config import instantiate_from_config, load_configs
+from arcvq_plugin.evaluation.codebook import decoder_codebook
 from arcvq_plugin.vqgan_bench.data import check_split
 from arcvq_plugin.vqgan_bench.training import CurveEvaluation, log_spaced_steps, reconstruct, train_vqgan
 from arcvq_plugin.vqvae.budget import BUDGETS
@@ -144,7 +145,7 @@ def _code_norm_stats(codebook: torch.Tensor) -> dict:
 
 def _evaluator(pixels: torch.Tensor, lpips: bool, fid: bool, device: torch.device, provenance: dict):
     """``(model, step) -> metrics`` on the validation pixels; ``provenance`` collects the metric weights."""
-    from arcvq_plugin.evaluation import codebook_metrics, decoder_codebook, reconstruction_metrics
+    from arcvq_plugin.evaluation import codebook_metrics, reconstruction_metrics
 
     def metrics_of(model, step: int) -> dict:
         real, fake, indices = reconstruct(model, pixels)
