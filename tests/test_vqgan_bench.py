@@ -129,7 +129,8 @@ def test_log_spaced_steps():
     assert log_spaced_steps(10) == [10]
 
 
-def test_end_to_end_on_a_png_folder(tmp_path: Path, tiny_configs: Path, capsys):
+def test_end_to_end_on_a_png_folder(tmp_path: Path, tiny_configs: Path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "PROGRESS_EVERY", 5)  # a heartbeat line at step 5, between curve steps 4 and 6
     data = _png_folder(tmp_path / "pngs", 24)
     out = tmp_path / "out"
     argv = ["--model", "vqgan", "--data", str(data), "--rows", "vq", "arcvq", "--seeds", "1", "2",
@@ -138,6 +139,7 @@ def test_end_to_end_on_a_png_folder(tmp_path: Path, tiny_configs: Path, capsys):
     assert reproduce_main(argv) == 0
     printed = capsys.readouterr().out
     assert "[vqgan] arcvq seed 2: step 4/6" in printed
+    assert "[vqgan] vq seed 1: step 5/6, " in printed and " at step 4" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["eval_steps"] == [2, 4, 6]
     assert set(results["tables"]) == {"vqgan", "step_2", "step_4", "step_6"}

@@ -160,13 +160,22 @@ def _evaluator(pixels: torch.Tensor, lpips: bool, fid: bool, device: torch.devic
 
 
 def _progress(row: str, seed: int, total: int):
+    """``(report, heartbeat)`` for :class:`CurveEvaluation`: one line per curve point with its metrics,
+    and one every ``PROGRESS_EVERY`` steps in between with the last point's PSNR."""
+    last: dict = {}
+
     def report(point) -> None:
         m = point.metrics
+        last.update(step=point.step, psnr=m["psnr"])
         extra = "".join(f", {name} {m[key]:.4g}" for key, name in (("lpips", "LPIPS"), ("rfid", "rFID"))
                         if m.get(key) is not None)
         print(f"[vqgan] {row} seed {seed}: step {point.step}/{total}, {point.seconds:.0f} s, PSNR {m['psnr']:.2f}, "
               f"SSIM {m['ssim']:.4f}{extra}, usage {100 * m['usage']:.1f}%", flush=True)
-    return report
+
+    def heartbeat(step: int, seconds: float) -> None:
+        since = f", PSNR {last['psnr']:.2f} at step {last['step']}" if last else ""
+        print(f"[vqgan] {row} seed {seed}: step {step}/{total}, {seconds:.0f} s{since}", flush=True)
+    return report, heartbeat
 
 
 def _run_row(row: str, seed: int, config: DictConfig, steps: list[int], pixels: torch.Tensor, args,
@@ -174,8 +183,9 @@ def _run_row(row: str, seed: int, config: DictConfig, steps: list[int], pixels: 
     total = int(config.lightning.trainer.max_steps)
     print(f"\n== [vqgan] row {row}, seed {seed}: {total} steps, batch {config.data.params.batch_size}, "
           f"curve at {steps}, {device} ==", flush=True)
+    report, heartbeat = _progress(row, seed, total)
     curve = CurveEvaluation(steps, _evaluator(pixels, not args.no_lpips, not args.no_fid, device, provenance),
-                            _progress(row, seed, total))
+                            report, heartbeat, PROGRESS_EVERY)
     trained = train_vqgan(config, seed, curve, device)
     model = trained.model
     real, fake, indices = reconstruct(model, pixels)

@@ -69,11 +69,18 @@ class CurveEvaluation(pl.Callback):
         steps: autoencoder optimizer steps to evaluate at (``ManualGANTraining.optimizer_steps``).
         metrics_of: ``(model, step) -> dict`` of metrics (called in eval mode, under no_grad).
         report: called with each :class:`CurvePoint` (the progress line).
+        heartbeat: called as ``heartbeat(step, seconds)`` after every ``heartbeat_every`` steps that are
+            not curve steps, so that a long run shows it is alive (default: none).
+        heartbeat_every: steps between heartbeats (>= 1, default 50).
     """
 
     def __init__(self, steps: Sequence[int], metrics_of: Callable[[torch.nn.Module, int], dict],
-                 report: Optional[Callable[[CurvePoint], None]] = None) -> None:
+                 report: Optional[Callable[[CurvePoint], None]] = None,
+                 heartbeat: Optional[Callable[[int, float], None]] = None, heartbeat_every: int = 50) -> None:
+        if heartbeat_every < 1:
+            raise ValueError(f"heartbeat_every must be >= 1, got {heartbeat_every}")
         self.steps = sorted(set(int(s) for s in steps))
+        self.heartbeat, self.heartbeat_every = heartbeat, heartbeat_every
         self.metrics_of = metrics_of
         self.report = report
         self.points: list[CurvePoint] = []
@@ -84,7 +91,11 @@ class CurveEvaluation(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = pl_module.optimizer_steps
-        if step not in self.steps or any(p.step == step for p in self.points):
+        if step not in self.steps:
+            if self.heartbeat is not None and step % self.heartbeat_every == 0:
+                self.heartbeat(step, time.perf_counter() - self.start)
+            return
+        if any(p.step == step for p in self.points):
             return
         states, was_training = collect_random_states(), pl_module.training
         try:
