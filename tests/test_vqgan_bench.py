@@ -106,6 +106,7 @@ def test_bad_folders_refused_before_training(tmp_path: Path, tiny_configs: Path,
 
 def test_curve_evaluation_leaves_training_bit_identical(tiny_configs: Path):
     config = cli.row_config(tiny_configs, "arcvq")
+    config.model.params.ddconfig.dropout = 0.5  # training draws from torch's generator at every step
     pixels = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
     from arcvq_plugin.vqgan_bench.training import reconstruct
 
