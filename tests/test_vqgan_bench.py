@@ -195,3 +195,18 @@ def test_paper_budget_runs_the_f8_imagenet_tokenizer_config_on_a_folder(tmp_path
     saved = torch.load(out / "runs" / "arcvq_seed1.pt", weights_only=True)
     assert saved["codebook"].shape == (1024, 16)
     assert saved["reconstructions"].shape[-2:] == (256, 256)
+
+
+def test_unknown_rows_and_a_foreign_out_folder_are_refused(tmp_path: Path, tiny_configs: Path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "train_vqgan", lambda *a, **k: pytest.fail("trained despite a bad argument"))
+    base = ["--config-dir", str(tiny_configs), "--device", "cpu", "--no-fid", "--no-lpips"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*base, "--rows", "vq", "nope", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--rows must be among" in capsys.readouterr().err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a user's file")
+    assert cli.main([*base, "--rows", "vq", "--out", str(foreign)]) == 2
+    assert "holds no earlier VQGAN comparison" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
