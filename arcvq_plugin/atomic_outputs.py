@@ -9,6 +9,8 @@
   existing file untouched.
 - :func:`save_torch`: ``torch.save`` whose write failures (a full disk) are OSErrors, as every
   other file write's are: torch's zip writer reports them as RuntimeError.
+- :func:`write_text_atomic`, :func:`save_torch_atomic`: one file written beside its destination and
+  renamed onto it, so that a reader (or a restarted run) never finds half a file.
 - :class:`StagedFolder`: files of one output folder, written into a hidden staging folder beside it
   and moved into it only when every file is written.
 """
@@ -24,7 +26,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
-__all__ = ["AtomicOutputs", "OutputError", "StagedFolder", "check_output_path", "check_writable_folder", "save_torch"]
+__all__ = ["AtomicOutputs", "OutputError", "StagedFolder", "check_output_path", "check_writable_folder", "save_torch",
+           "save_torch_atomic", "write_text_atomic"]
 
 
 class OutputError(ValueError):
@@ -109,6 +112,26 @@ def _umask() -> int:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+def _replace_with(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``.<name>.partial`` beside ``path`` and rename it onto ``path``; the temporary
+    file is removed when writing fails, and an existing ``path`` stays whole."""
+    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """:func:`save_torch` into ``.<name>.partial`` beside ``path``, renamed onto ``path`` when complete."""
+    _replace_with(Path(path), lambda tmp: save_torch(obj, tmp))
 
 
 class AtomicOutputs:

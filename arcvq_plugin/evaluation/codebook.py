@@ -75,3 +75,10 @@ def codebook_metrics(indices: ArrayLike, n_e: int) -> dict:
     if low < 0 or high >= int(n_e):
         raise ValueError(f"indices must lie in [0, n_e={n_e}), got range [{low}, {high}]")
     return codebook_metrics_from_counts(torch.bincount(flat, minlength=int(n_e)))
+
+
+def decoder_codebook(quantizer: torch.nn.Module) -> torch.Tensor:
+    """(K, D) the codes the decoder receives, detached on the CPU: ``quantizer.codebook`` where the class
+    defines one (SimVQ's projected codebook, FSQ's projected grid), else ``embedding.weight``."""
+    codebook = quantizer.codebook if hasattr(type(quantizer), "codebook") else quantizer.embedding.weight
+    return codebook.detach().cpu()

@@ -7,6 +7,7 @@ substitutes, unless ``allow_download=True`` lets the library fetch the original 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import warnings
 
@@ -35,6 +36,16 @@ def _missing_weights_reason(metric: str, path) -> str:
 
 def _to_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips_network(lpips, device: torch.device, weights: tuple) -> torch.nn.Module:
+    """``lpips.LPIPS(net="vgg")`` in eval mode on ``device``, built once per device and VGG weights file
+    (``weights``: its path, size and mtime, so that new weights are read again): a learning curve
+    evaluates many times. It is only ever called under ``no_grad``."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        return lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
 
 
 def lpips_distances(
@@ -67,9 +78,9 @@ def lpips_distances(
     except ImportError as err:
         raise MetricUnavailable(f"LPIPS needs the `lpips` package ({err}); pip install lpips") from err
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.simplefilter("ignore")
-            model = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
+        stat = path.stat() if path.is_file() else None
+        model = _lpips_network(lpips, torch.device(device),
+                               (str(path), stat and stat.st_size, stat and stat.st_mtime_ns))
     except OSError as err:  # a download attempt that failed (URLError is an OSError)
         raise MetricUnavailable(f"LPIPS weights could not be loaded or downloaded ({err}). " + _missing_weights_reason("LPIPS", path)) from err
     distances = []

@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["CodebookSnapshot", "save_codebook_figures", "save_reconstruction_grid", "save_table_figures"]
+__all__ = ["CodebookSnapshot", "save_codebook_figures", "save_learning_curves", "save_reconstruction_grid",
+           "save_table_figures"]
 
 
 @dataclass
@@ -182,3 +183,36 @@ def save_table_figures(snapshots: Mapping[str, CodebookSnapshot], folder: Path, 
         ax.set_title("Norm bound activity" + (f": {title}" if title else ""), fontsize=9)
         written[f"bound_clipping{suffix}"] = _save(fig, folder / f"bound_clipping{suffix}.png")
     return written
+
+
+def save_learning_curves(curves: Mapping[str, Mapping[int, Sequence[Mapping]]], metrics: Sequence[str],
+                         path: Path) -> Path:
+    """PNG: one panel per metric, the metric against training step for every row: each seed's points
+    (small markers) and the mean over seeds (line). Metrics missing (None) at every point are skipped.
+
+    Args:
+        curves: row label -> seed -> curve points ``{"step", <metric>: value, ...}``.
+        metrics: metric keys to draw, e.g. ``("psnr", "ssim", "lpips", "rfid", "usage")``.
+        path: PNG to write.
+    """
+    drawn = [m for m in metrics if any(p.get(m) is not None for c in curves.values() for pts in c.values() for p in pts)]
+    if not drawn:
+        raise ValueError(f"no curve point has any of the metrics {list(metrics)}")
+    fig, axes = _panel_grid(len(drawn), 3.6, 2.8)
+    for ax, metric in zip(axes, drawn):
+        for i, (label, seeds) in enumerate(curves.items()):
+            colour = f"C{i % 10}"
+            by_step: dict[int, list[float]] = {}
+            for points in seeds.values():
+                for p in points:
+                    if p.get(metric) is not None:
+                        by_step.setdefault(int(p["step"]), []).append(float(p[metric]))
+                        ax.plot(p["step"], p[metric], ".", color=colour, alpha=0.4, markersize=4)
+            steps = sorted(by_step)
+            ax.plot(steps, [float(np.mean(by_step[s])) for s in steps], "-", color=colour, label=label, linewidth=1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    axes[0].legend(fontsize=6)
+    fig.suptitle("Learning curves on the validation images (points: seeds; lines: mean)", fontsize=9)
+    return _save(fig, Path(path))

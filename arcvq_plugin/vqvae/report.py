@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 from arcvq_plugin.vqvae.statistics import paired_difference, seed_summary
 
 __all__ = ["DIFFERENCE_METRICS", "METRIC_KEYS", "PAPER_RESULTS", "PAPER_SWEEPS", "ROW_LABELS", "build_table",
-           "format_table", "paper_lines"]
+           "format_curve_differences", "format_table", "paper_lines"]
 
 ROW_LABELS: dict[str, str] = {
     "vq": "VQ-VAE",
@@ -230,4 +230,28 @@ def format_table(table: Mapping, dataset: str, notes: Sequence[str] = ()) -> str
             lines.append(f"| {table['rows'][row]['label']} | "
                          + " | ".join(_difference_cell(diffs.get(m), m) for m in metrics) + f" | {_resolved(diffs)} |")
     lines += [""] + paper_lines(table, dataset)
+    return "\n".join(lines) + "\n"
+
+
+def format_curve_differences(tables: Mapping[int, Mapping]) -> str:
+    """Markdown: the reference row minus each row at every step of a learning curve, with intervals.
+
+    Args:
+        tables: step -> table (:func:`build_table`) of the metrics measured at that step, all with the
+            same reference and rows.
+    """
+    if not tables:
+        return ""
+    first = next(iter(tables.values()))
+    reference = first["rows"][first["reference"]]["label"]
+    metrics = [m for m in DIFFERENCE_METRICS if any(m in d for t in tables.values() for d in t["differences"].values())]
+    lines = [f"{reference} minus each row at every evaluated step, paired by seed; 95% t-interval in brackets "
+             "(none with 1 seed):", "",
+             "| row | step | " + " | ".join(f"Δ {_NAMES[m]}" for m in metrics) + " | resolved |",
+             "|---" * (len(metrics) + 3) + "|"]
+    for row in first["differences"]:
+        for step, table in tables.items():
+            diffs = table["differences"][row]
+            lines.append(f"| {table['rows'][row]['label']} | {step} | "
+                         + " | ".join(_difference_cell(diffs.get(m), m) for m in metrics) + f" | {_resolved(diffs)} |")
     return "\n".join(lines) + "\n"

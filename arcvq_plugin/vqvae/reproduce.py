@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from arcvq_plugin.cli_arguments import positive_int
-from arcvq_plugin.atomic_outputs import OutputError, check_output_path
+from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
                                        schedule_end, schedule_overrides)
@@ -63,13 +63,14 @@ from arcvq_plugin.vqvae.report import ROW_LABELS, build_table, format_table
 from arcvq_plugin.vqvae.sweep import Sweep, configured_value, parse_sweep, sweep_override, variant_name
 from arcvq_plugin.vqvae.training_trace import BoundTrace, summarize_clipping
 
-__all__ = ["TrainedRow", "build_parser", "default_config_dir", "evaluate_model", "main", "row_config", "train_row",
-           "validate_args"]
+__all__ = ["TrainedRow", "build_parser", "default_config_dir", "evaluate_model", "machine_description", "main",
+           "resolve_device", "row_config", "seed_argument", "train_row", "validate_args"]
 
 ROWS = tuple(ROW_LABELS)
 ABLATION_ROWS = ("vq", "cosine", "bbnr", "arcvq")
 DATASETS = ("mnist", "cifar10")
 DEVICES = ("auto", "cpu", "cuda")
+MODELS = ("vqvae", "vqgan")
 N_GRID_IMAGES = 16
 CUDA_PROGRESS_REFRESH = 50  # steps between progress-bar updates on CUDA (each update reads the loss: a host sync)
 
@@ -79,7 +80,8 @@ def default_config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "configs" / "vqvae"
 
 
-def _seed(text: str) -> int:
+def seed_argument(text: str) -> int:
+    """argparse type of ``--seeds``: an integer in [0, 2**32)."""
     value = int(text)
     if not 0 <= value < 2 ** 32:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
@@ -110,11 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "optionally ArcVQ with a fixed bound, CVQ-VAE, ArcVQ with the rotation trick) and the paper's "
                     "sensitivity sweeps; print the tables "
                     "with mean +- std over seeds, paired differences with 95%% t-intervals and the paper's numbers.")
+    parser.add_argument("--model", choices=MODELS, default="vqvae",
+                        help="vqvae (default: this ablation) or vqgan (the taming VQGAN comparison with learning "
+                             "curves: arcvq-reproduce --model vqgan --help)")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="mnist (offline, default) or cifar10 (torchvision download)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=None,
                         help=f"rows (default: {' '.join(ABLATION_ROWS)}; with --sweep: arcvq)")
-    parser.add_argument("--seeds", nargs="+", type=_seed, default=[1],
+    parser.add_argument("--seeds", nargs="+", type=seed_argument, default=[1],
                         help="seeds, one training per seed and row (default: 1); 3 or more give 95%% t-intervals")
     parser.add_argument("--budget", choices=BUDGETS, default="reduced",
                         help="reduced (default: configs/vqvae/reduced_budget.yaml, the CPU setting) or paper "
@@ -240,7 +245,8 @@ def machine_description(device: torch.device) -> dict:
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``--device`` (auto, cpu or cuda) as a torch device; a ValueError for cuda without a CUDA device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -251,18 +257,6 @@ def _resolve_device(name: str) -> torch.device:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -359,7 +353,7 @@ def _reference(table_name: str, variants: Sequence[Variant], config_dir: Path, d
 def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, device: torch.device,
                         test_pixels: torch.Tensor, out: Path, unavailable: dict) -> tuple[dict, CodebookSnapshot]:
     """Train one row for one seed, evaluate it on the test pixels, write its checkpoint and clipping log."""
-    from arcvq_plugin.evaluation import codebook_metrics, reconstruction_metrics
+    from arcvq_plugin.evaluation import codebook_metrics, decoder_codebook, reconstruction_metrics
 
     trained = train_row(variant.config, seed, progress_bar=not args.no_progress_bar, device=device)
     model = trained.model
@@ -369,9 +363,7 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
     unavailable.update({name: why for name, why in (result.get("unavailable") or {}).items() if requested.get(name, True)})
     metrics = {k: result[k] for k in ("psnr", "ssim", "lpips", "rfid")}
     metrics.update(codebook_metrics(indices, model.n_embed))
-    quantize = model.quantize  # SimVQ, FSQ: the decoder sees ``codebook``, not ``embedding.weight``
-    codebook = quantize.codebook if hasattr(type(quantize), "codebook") else quantize.embedding.weight
-    codebook = codebook.detach().cpu()
+    codebook = decoder_codebook(model.quantize)  # SimVQ, FSQ: ``codebook``, not ``embedding.weight``
     clipping = summarize_clipping(trained.clipped_fraction)
     metrics.update(mean_code_norm=float(codebook.double().norm(dim=1).mean()),
                    clipped_last=None if clipping is None else clipping["last"], clipping=clipping,
@@ -382,11 +374,11 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
                                          f"({clipping['steps_clipping']}/{clipping['steps']} steps clipped)"), flush=True)
     stem = f"{_slug(variant.name)}_seed{seed}"
     container = OmegaConf.to_container(variant.config, resolve=True)
-    _save_atomic({"state_dict": model.state_dict(), "config": container}, out / "checkpoints" / f"{stem}.ckpt")
-    _write_atomic(out / "checkpoints" / f"{stem}.yaml", OmegaConf.to_yaml(variant.config))
+    save_torch_atomic({"state_dict": model.state_dict(), "config": container}, out / "checkpoints" / f"{stem}.ckpt")
+    write_text_atomic(out / "checkpoints" / f"{stem}.yaml", OmegaConf.to_yaml(variant.config))
     if trained.clipped_fraction is not None:  # the per-step log of the norm bound
         (out / "clipping").mkdir(exist_ok=True)
-        _write_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
+        write_text_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
             f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
     snapshot = CodebookSnapshot(
         label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
@@ -396,7 +388,21 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
     return metrics, snapshot
 
 
+def _requested_model(argv: Sequence[str]) -> str:
+    """The ``--model`` of ``argv`` (``--model X`` or ``--model=X``), default ``vqvae``."""
+    model = "vqvae"
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            model = argv[i + 1]
+        elif arg.startswith("--model="):
+            model = arg.split("=", 1)[1]
+    return model
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if _requested_model(sys.argv[1:] if argv is None else list(argv)) == "vqgan":
+        from arcvq_plugin.vqgan_bench.cli import main as vqgan_main
+        return vqgan_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     validate_args(parser, args)
@@ -406,7 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "its results or choose another --out", file=sys.stderr)
         return 2
     try:
-        device = _resolve_device(args.device)
+        device = resolve_device(args.device)
         plan = _plan(args, config_dir, device, args.sweep)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"arcvq-reproduce: {err}", file=sys.stderr)
@@ -472,7 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unavailable:
         text += "\nUnavailable metrics:\n" + "".join(f"- {name}: {why}\n" for name, why in unavailable.items())
     print("\n" + text)
-    _write_atomic(out / "table.md", text)
+    write_text_atomic(out / "table.md", text)
     all_snaps = {name: snap for snaps in snapshots.values() for name, snap in snaps.items()}
     figures["reconstructions"] = str(save_reconstruction_grid(grid, all_snaps, out / "reconstructions.png"))
     machine = machine_description(device)
@@ -485,7 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "sweeps": {s.key: list(s.values) for s in args.sweep}, "limit_train": args.limit_train,
                             "n_test_images": n_test, "lpips": args.lpips, "fid": args.fid, "device": str(device)},
                "machine": machine, "tables": tables, "unavailable": unavailable, "figures": figures}
-    _write_atomic(out / "results.json", json.dumps(payload, indent=2, default=float))
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=2, default=float))
     print(f"wrote {out / 'results.json'}, {out / 'table.md'} and {len(figures)} figures in {out}")
     return 0
 
