@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.config import instantiate_from_config, load_configs
+from arcvq_plugin.devices import resolve_device
 from arcvq_plugin.evaluation.codebook import decoder_codebook
 from arcvq_plugin.vqgan_bench.data import check_split
 from arcvq_plugin.vqgan_bench.training import CurveEvaluation, log_spaced_steps, reconstruct, train_vqgan
@@ -39,7 +40,7 @@ from arcvq_plugin.vqvae.budget import BUDGETS
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_learning_curves, save_reconstruction_grid,
                                         save_table_figures)
 from arcvq_plugin.vqvae.report import ROW_LABELS, build_table, format_curve_differences, format_table
-from arcvq_plugin.vqvae.reproduce import machine_description, resolve_device, seed_argument
+from arcvq_plugin.vqvae.reproduce import machine_description, seed_argument
 
 __all__ = ["DEFAULT_ROWS", "available_rows", "build_parser", "default_config_dir", "main", "row_config"]
 

@@ -54,6 +54,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
 from arcvq_plugin.config import instantiate_from_config, load_configs
+from arcvq_plugin.devices import resolve_device
 from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
                                        schedule_end, schedule_overrides)
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_codebook_figures, save_reconstruction_grid,
@@ -64,7 +65,7 @@ from arcvq_plugin.vqvae.sweep import Sweep, configured_value, parse_sweep, sweep
 from arcvq_plugin.vqvae.training_trace import BoundTrace, summarize_clipping
 
 __all__ = ["TrainedRow", "build_parser", "default_config_dir", "evaluate_model", "machine_description", "main",
-           "resolve_device", "row_config", "seed_argument", "train_row", "validate_args"]
+           "row_config", "seed_argument", "train_row", "validate_args"]
 
 ROWS = tuple(ROW_LABELS)
 ABLATION_ROWS = ("vq", "cosine", "bbnr", "arcvq")
@@ -243,16 +244,6 @@ def machine_description(device: torch.device) -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "pytorch_lightning": pl.__version__, "device": str(device),
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``--device`` (auto, cpu or cuda) as a torch device; a ValueError for cuda without a CUDA device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); "
-                         "use --device cpu or auto")
-    return torch.device(name)
 
 
 def _slug(name: str) -> str:
