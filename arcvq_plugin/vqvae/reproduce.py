@@ -374,7 +374,7 @@ def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, d
     snapshot = CodebookSnapshot(
         label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
         reconstructions=fake[:N_GRID_IMAGES], originals=real[:N_GRID_IMAGES],
-        radius=float(quantize.radius) if getattr(quantize, "use_bbnr", False) else None,
+        radius=float(model.quantize.radius) if getattr(model.quantize, "use_bbnr", False) else None,
         clipped_fraction=trained.clipped_fraction)
     return metrics, snapshot
 
