@@ -9,7 +9,7 @@
   existing file untouched.
 - :func:`save_torch`: ``torch.save`` whose write failures (a full disk) are OSErrors, as every
   other file write's are: torch's zip writer reports them as RuntimeError.
-- :func:`write_text_atomic`, :func:`save_torch_atomic`: one file written beside its destination and
+- :func:`write_file_atomic`, :func:`write_text_atomic`, :func:`save_torch_atomic`: one file written beside its destination and
   renamed onto it, so that a reader (or a restarted run) never finds half a file.
 - :class:`StagedFolder`: files of one output folder, written into a hidden staging folder beside it
   and moved into it only when every file is written.
@@ -22,12 +22,12 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
 
 __all__ = ["AtomicOutputs", "OutputError", "StagedFolder", "check_output_path", "check_writable_folder", "save_torch",
-           "save_torch_atomic", "write_text_atomic"]
+           "save_torch_atomic", "write_file_atomic", "write_text_atomic"]
 
 
 class OutputError(ValueError):
@@ -114,7 +114,14 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _replace_with(path: Path, write) -> None:
+def write_file_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp)`` on ``.<name>.partial`` beside ``path``, then rename it onto ``path``.
+
+    The folder must exist. When ``write`` raises, the temporary file is removed and an existing
+    ``path`` stays as it was. ``temp`` has no meaningful suffix: writers that infer a format from
+    the name (PIL) must be given it.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     try:
         write(tmp)
@@ -126,12 +133,12 @@ def _replace_with(path: Path, write) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``.<name>.partial`` beside ``path`` and rename it onto ``path``; the temporary
     file is removed when writing fails, and an existing ``path`` stays whole."""
-    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+    write_file_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
     """:func:`save_torch` into ``.<name>.partial`` beside ``path``, renamed onto ``path`` when complete."""
-    _replace_with(Path(path), lambda tmp: save_torch(obj, tmp))
+    write_file_atomic(path, lambda tmp: save_torch(obj, tmp))
 
 
 class AtomicOutputs:

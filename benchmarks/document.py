@@ -8,11 +8,11 @@ one, keeping the other devices' sections.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional
+
+from arcvq_plugin.atomic_outputs import write_text_atomic
 
 __all__ = ["DEVICES", "DEVICE_TITLES", "MEASURE_COMMANDS", "NOT_MEASURED_MARK", "TITLE", "check_writable", "compose",
            "copy_section", "parse_sections", "read_report", "write_atomic", "write_section"]
@@ -116,19 +116,9 @@ def compose(sections: Mapping[str, str]) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Create ``path``'s folder, then :func:`arcvq_plugin.atomic_outputs.write_text_atomic`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # as a plainly created file (mkstemp makes it private)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
 
 
 def read_report(path: Path) -> Optional[str]:

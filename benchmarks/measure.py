@@ -13,6 +13,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from arcvq_plugin import devices
+
 __all__ = ["Comparison", "Interval", "interleaved", "is_out_of_memory", "machine_description", "median",
            "out_of_memory_note", "peak_memory", "release_memory", "resolve_device", "synchronize", "timed"]
 
@@ -53,10 +55,7 @@ def resolve_device(name: str) -> torch.device:
     """``"cpu"`` or ``"cuda"`` as a torch.device; ``"cuda"`` must have a GPU (checked here)."""
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda': no CUDA GPU is available to torch (torch.cuda.is_available() "
-                         f"is False; torch {torch.__version__}, built for CUDA {torch.version.cuda})")
-    return torch.device(name)
+    return devices.resolve_device(name, what="device")
 
 
 def synchronize(device: torch.device) -> None:

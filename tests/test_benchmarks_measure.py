@@ -219,7 +219,7 @@ def test_run_checks_arguments_first_writes_its_section_and_restores_threads(tmp_
     assert output.read_text() == text and "| CPU | test |" in parse_sections(text)["cpu"]
     refusals = [({"threads": 0}, "threads must be >= 1"), ({"device": "tpu"}, "device must be one of")]
     if not torch.cuda.is_available():
-        refusals.append(({"device": "cuda"}, "no CUDA GPU is available"))
+        refusals.append(({"device": "cuda"}, "torch sees no CUDA device"))
     for kwargs, message in refusals:
         with pytest.raises(ValueError, match=message):
             cli.run(**{"quick": True, "output": output, "threads": 1, "device": "cpu", **kwargs})

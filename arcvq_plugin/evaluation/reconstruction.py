@@ -13,6 +13,7 @@ from arcvq_plugin.evaluation.image_metrics import (
     per_image_ssim,
     quantize_8bit,
 )
+from arcvq_plugin.devices import resolve_device
 from arcvq_plugin.evaluation.perceptual import MetricUnavailable, lpips_distances, rfid
 from arcvq_plugin.evaluation.weight_cache import describe_weights, inception_weights_path, substitute_entry, vgg16_weights_path
 
@@ -20,10 +21,9 @@ __all__ = ["reconstruction_metrics", "default_device"]
 
 
 def default_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """``device`` as a torch.device; None picks CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``device`` as a torch.device; None picks CUDA when available, else CPU
+    (:func:`arcvq_plugin.devices.resolve_device`)."""
+    return resolve_device(device, what="device")
 
 
 def reconstruction_metrics(

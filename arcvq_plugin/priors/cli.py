@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from arcvq_plugin.atomic_outputs import save_torch_atomic, write_file_atomic, write_text_atomic
 from arcvq_plugin.cli_arguments import positive_float, positive_int
+from arcvq_plugin.devices import resolve_device
 from arcvq_plugin.priors.gated_pixelcnn import GatedPixelCNN
 from arcvq_plugin.priors.sampling import sample_grids
 from arcvq_plugin.priors.training import nll_bits_per_token, train_prior
@@ -85,14 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
-
-
 def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
@@ -100,9 +93,7 @@ def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _load_tokens(path: Path, name: str) -> tuple[torch.Tensor, dict]:
@@ -117,7 +108,7 @@ def _load_tokens(path: Path, name: str) -> tuple[torch.Tensor, dict]:
 def _train(args: argparse.Namespace) -> int:
     out = args.out
     _refuse_overwrite([out / "prior.ckpt", out / "prior.json"], args.force)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.kernel_size % 2 == 0 or args.kernel_size < 3:
         raise ValueError(f"--kernel-size must be an odd integer >= 3, got {args.kernel_size}")
     train, train_meta = _load_tokens(args.train_tokens, "--train-tokens")
@@ -148,9 +139,7 @@ def _train(args: argparse.Namespace) -> int:
                "train_tokens": str(args.train_tokens), "test_tokens": str(args.test_tokens),
                "tokenizer": train_meta.get("source", {})}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".prior.ckpt.tmp"
-    torch.save({"state_dict": model.state_dict(), "summary": summary}, tmp)
-    os.replace(tmp, out / "prior.ckpt")
+    save_torch_atomic({"state_dict": model.state_dict(), "summary": summary}, out / "prior.ckpt")
     _write_json(out / "prior.json", summary)
     print(f"prior: test NLL {summary['test_nll_bits']:.4f} bits/token; wrote {out / 'prior.ckpt'} and {out / 'prior.json'}")
     return 0
@@ -185,10 +174,9 @@ def _save_grid(images: torch.Tensor, path: Path) -> None:
         r, col = divmod(index, columns)
         canvas[:, r * h:(r + 1) * h, col * w:(col + 1) * w] = image
     array = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(array[..., 0] if c == 1 else np.ascontiguousarray(array)).resize(
-        (columns * w * 2, rows * h * 2), Image.NEAREST).save(tmp)
-    os.replace(tmp, path)
+    image = Image.fromarray(array[..., 0] if c == 1 else np.ascontiguousarray(array)).resize(
+        (columns * w * 2, rows * h * 2), Image.NEAREST)
+    write_file_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -199,7 +187,7 @@ def _sample(args: argparse.Namespace) -> int:
     out = args.out
     outputs = [out / "tokens.npy", out / "tokens.json", out / "samples.png", out / "sample.json"]
     _refuse_overwrite(outputs, args.force)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     checkpoint, _ = load_checkpoint(args.prior, args.trust_checkpoint)
     if not isinstance(checkpoint, dict) or "summary" not in checkpoint:
         raise ValueError(f"{args.prior} is not a prior.ckpt written by arcvq-prior train")
@@ -284,9 +272,7 @@ def _table(args: argparse.Namespace) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, args.out)
+        write_text_atomic(args.out, text)
     return 0
 
 
