@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU work of issue 13 as one prepared command, everything it writes in one flat folder:
-#   section 1: python -m benchmarks --device cuda     (ArcQuantizer vs taming / vector-quantize-pytorch,
-#              the f8 VQGAN train step; writes the CUDA section of BENCHMARKS.md)
+# Measures, on one CUDA machine (or the CPU), in one command, everything written to one flat folder:
+#   section 1: python -m benchmarks --device cuda     (ArcQuantizer vs taming / vector-quantize-pytorch:
+#              forward/backward time and peak memory of the quantisers, the arc loss's memory, and the
+#              f8 VQGAN train step; writes the CUDA section of BENCHMARKS.md)
 #   section 2: python -m arcvq_plugin.vqvae.reproduce --device cuda --budget paper
-#              (the MNIST ablation at the paper's budget)
-# within one overall time limit (--timeout, default 570 s: a lent GPU machine runs one command for
-# at most 600 s). Section 1 runs first, capped at --section1-timeout (default 240 s); section 2
-# gets the rest, less 10 s to pack the results (capped at --section2-timeout, if given). A section that fails or times out is recorded in
+#              (the MNIST ablation at the paper's budget, as far as the time limit allows)
+# How long: at most --timeout seconds in all (default 570 s, under ten minutes). Section 1 runs first,
+# capped at --section1-timeout (default 240 s); section 2 gets the rest, less 10 s to pack the results
+# (capped at --section2-timeout, if given). A section that fails or times out is recorded in
 # status.txt and the script goes on; it exits 1 if any section did not finish cleanly.
 #
 #   bash scripts/gpu_benchmarks.sh --fetch-wheels
@@ -15,19 +16,19 @@
 #   bash scripts/gpu_benchmarks.sh [--device cuda|cpu] [--quick] [--out DIR] [--sections 1,2]
 #                                  [--timeout S] [--section1-timeout S] [--section2-timeout S]
 #                                  [--rows "vq cosine bbnr arcvq"] [--seeds "1"]
-#       Run. --out defaults to $OUT when set (the device tool's folder), else outputs/gpu_benchmarks.
+#       Run. --out defaults to $OUT when that variable is set, else outputs/gpu_benchmarks.
 #       --quick: toy sizes and a reduced reproduction (seconds to minutes; what CI runs on the CPU).
 #       Packages missing from $PYTHON (default python3) are installed from .whl/ into a temporary
 #       folder (offline: pip --no-index --no-deps).
 #   bash scripts/gpu_benchmarks.sh --apply DIR [--docs docs]
-#       Here, after a cuda run: put its CUDA section into docs/BENCHMARKS.md (the CPU section is
+#       In the checkout, after a cuda run: put its CUDA section into docs/BENCHMARKS.md (the CPU section is
 #       kept) and its machine description, status, samples and reproduction results into docs/gpu/.
 #
-# On this workplace's lent GPU machine (the device tool; about 15 minutes of device time in all):
-#   1. here: bash scripts/gpu_benchmarks.sh --fetch-wheels
-#   2. device run: carry [".whl"], timeout_s 600, command: bash scripts/gpu_benchmarks.sh --out "$OUT"
-#   3. here: bash scripts/gpu_benchmarks.sh --apply <files_at>; commit docs/BENCHMARKS.md and docs/gpu/.
-#   If one section failed and time is left, rerun only it (--sections 2) into another folder.
+# On a CUDA machine without PyPI access:
+#   1. on a machine with PyPI: bash scripts/gpu_benchmarks.sh --fetch-wheels, then copy the tree with .whl/
+#   2. on the CUDA machine: bash scripts/gpu_benchmarks.sh --out DIR
+#   3. back in the checkout: bash scripts/gpu_benchmarks.sh --apply DIR; commit docs/BENCHMARKS.md and docs/gpu/.
+#   If one section failed, rerun only it (--sections 2) into another folder.
 #
 # Files in the output folder (at most 8, none in subfolders):
 #   machine.txt       date, OS, CPU, memory, nvidia-smi, python and package versions, git commit
