@@ -271,8 +271,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+VQGAN_LABELS = {"vq": "VQGAN (VectorQuantizer2)", "arcvq": "ArcVQ-VQGAN"}
+
+
 def _label(row: str) -> str:
-    return ROW_LABELS.get(row, row)
+    """The table label of ``row``: the VQ-VAE ablation's, except the two rows named after the model."""
+    return VQGAN_LABELS.get(row, ROW_LABELS.get(row, row))
 
 
 def _report(args, configs, seeds, steps, results, provenance, pixels, device) -> tuple[str, dict]:
