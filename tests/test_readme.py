@@ -1,17 +1,19 @@
-"""The README's Python snippets run as written."""
+"""The Python snippets of the README and of docs/*.md run as written."""
 import re
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SNIPPETS = [(page.relative_to(ROOT).as_posix(), i, code) for page in PAGES
+            for i, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))]
 
 
 def test_readme_has_python_snippets():
-    assert SNIPPETS
+    assert any(page == "README.md" for page, _, _ in SNIPPETS)
 
 
-@pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_readme_snippet_runs(index):
-    exec(compile(SNIPPETS[index], f"README.md[python #{index}]", "exec"), {})
+@pytest.mark.parametrize("page,index,code", SNIPPETS, ids=[f"{p}#{i}" for p, i, _ in SNIPPETS])
+def test_snippet_runs(page, index, code):
+    exec(compile(code, f"{page}[python #{index}]", "exec"), {})
