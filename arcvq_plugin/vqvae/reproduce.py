@@ -277,7 +277,7 @@ def _schedule_notes(schedule: str, factor: float, steps: int, paper_steps: int, 
            f"ends ({paper_steps} steps) at lambda = {paper_weight:.3g} and R = {paper_bound:.4g}")
     if schedule == "paper":
         return [f"Schedule: the paper's (delta {float(params.arc_gamma_decay):.3g}, alpha {float(params.bbnr_alpha):.3g}), "
-                f"the recommended setting (README, \"Schedules that fit the run\"); {end}."]
+                f"the recommended setting (docs/TRAINING.md, \"Schedules that fit the run\"); {end}."]
     scaled = "delta and alpha" if schedule == "relative" else "delta only"
     return [f"**Schedule: {schedule}, a deviation from the paper**: {scaled} multiplied by {factor:.4g} "
             f"(paper steps / run steps: ArcQuantizer schedule_horizon {steps}, schedule_reference_horizon "
