@@ -130,3 +130,39 @@ def test_format_table_layout():
     assert lines[0] == "| Method | PSNR | SSIM | LPIPS | rFID | Usage % | Perplexity | Dead codes |"
     assert lines[2] == "| ArcVQ-VAE | 28.01 | 0.9840 | n/a | 1.68 | 75.0 | 300.0 | 128 |"
     assert "lpips unavailable: weights missing" in table
+
+
+def test_lpips_network_is_built_once_per_device_and_again_for_new_weights(tmp_path, monkeypatch):
+    """lpips_distances reuses its VGG network across calls (a learning curve calls it many times) and
+    builds it again when the weights file changes."""
+    import sys
+    import types
+
+    from arcvq_plugin.evaluation import perceptual
+
+    builds = []
+
+    class FakeLPIPS(torch.nn.Module):
+        def __init__(self, net, verbose):
+            super().__init__()
+            builds.append(net)
+
+        def forward(self, first, second, normalize):
+            return (first - second).abs().mean(dim=(1, 2, 3))
+
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(b"first")
+    monkeypatch.setattr(perceptual, "vgg16_weights_path", lambda: weights)
+    fake_module = types.ModuleType("lpips")
+    fake_module.LPIPS = FakeLPIPS
+    monkeypatch.setitem(sys.modules, "lpips", fake_module)
+    perceptual._lpips_network.cache_clear()
+    real, fake = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    first = perceptual.lpips_distances(real, fake, device=torch.device("cpu"))
+    perceptual.lpips_distances(real, fake, device=torch.device("cpu"))
+    assert builds == ["vgg"]
+    weights.write_bytes(b"second, longer")
+    second = perceptual.lpips_distances(real, fake, device=torch.device("cpu"))
+    assert builds == ["vgg", "vgg"]
+    np.testing.assert_allclose(first, second)
+    perceptual._lpips_network.cache_clear()

@@ -157,6 +157,7 @@ def test_end_to_end_on_a_png_folder(tmp_path: Path, tiny_configs: Path, capsys, 
     assert final["differences"]["vq"]["psnr"]["interval"] is not None
     table = (out / "table.md").read_text()
     assert "minus each row at every evaluated step" in table and "Evaluators:" in table
+    assert "ArcVQ-VQGAN minus" in table and "| VQGAN (VectorQuantizer2) |" in table
     for name in ("learning_curves.png", "reconstructions.png", "figure2_code_norms.png",
                  "figure3_pairwise_distances.png", "runs/vq_seed1.pt", "runs/arcvq_seed2.pt"):
         assert (out / name).is_file(), name
