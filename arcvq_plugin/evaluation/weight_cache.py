@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from arcvq_plugin.extras import require_extra
+
 __all__ = [
     "MARKER_NAME",
     "INSTALL_COMMAND",
@@ -64,6 +66,7 @@ def vgg16_weights_path() -> Path:
 
 def inception_weights_path() -> Path:
     """Cache path of torch-fidelity's FID Inception weights."""
+    require_extra("eval", "torch_fidelity")
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     return checkpoints_dir() / _basename(URL_INCEPTION_V3)

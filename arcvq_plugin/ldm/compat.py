@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from arcvq_plugin.compat import install_lightning_shims
+from arcvq_plugin.extras import require_extra
 
 __all__ = ["LDM_FONT_PATH", "import_ldm", "log_txt_as_img"]
 
@@ -62,16 +63,18 @@ def _inject_missing(module: types.ModuleType, names: dict[str, object]) -> None:
 def import_ldm() -> types.ModuleType:
     """Import ``ldm.models.diffusion.ddpm`` (and with it ``ldm.models.autoencoder``), repaired.
 
-    Idempotent. Returns the ``ddpm`` module. Raises ImportError with install advice when no
-    ``ldm`` package is importable.
+    Idempotent. Returns the ``ddpm`` module. Raises
+    :class:`~arcvq_plugin.extras.MissingExtraError` naming the extra ``[ldm]`` when no ``ldm``
+    package is importable, ImportError with install advice when one is there but does not import.
     """
     install_lightning_shims()
+    require_extra("ldm", "ldm")
     try:
         import ldm.models.autoencoder as autoencoder
         import ldm.models.diffusion.ddpm as ddpm
     except ImportError as err:
         raise ImportError(
-            "latent-diffusion's 'ldm' package is not importable: `pip install --no-deps ldm-fix==1.0.1`, "
+            "latent-diffusion's 'ldm' package is not importable: pip install 'arcvq-plugin[ldm]' (ldm-fix 1.0.1), "
             f"or put a clone of CompVis/latent-diffusion on PYTHONPATH ({err})"
         ) from err
     from packaging import version

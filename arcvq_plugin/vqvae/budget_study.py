@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from arcvq_plugin.atomic_outputs import AtomicOutputs, OutputError, check_output_path
+from arcvq_plugin.extras import require_extra
 from arcvq_plugin.vqvae.statistics import CONFIDENCE, paired_difference
 
 __all__ = ["BASELINES", "METRICS", "SCHEDULE_LABELS", "collect_runs", "differences", "main", "markdown_table",
@@ -147,6 +148,7 @@ def markdown_table(entries: Sequence[dict]) -> str:
 def save_psnr_figure(entries: Sequence[dict], path: Path) -> None:
     """PSNR(ArcVQ) - PSNR(baseline) against the run length (log x), a line per schedule with its
     interval as error bars, a panel per baseline (cosine only, + BBNR); written to ``path`` (png)."""
+    require_extra("train", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")
