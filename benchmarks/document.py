@@ -38,11 +38,10 @@ median. What each comparison runs is in the docstrings of `benchmarks/train_step
 """
 
 CUDA_PREAMBLE = """
-Section 2 of issue 13, the MNIST ablation at the paper's budget
-(`python -m arcvq_plugin.vqvae.reproduce --device cuda --budget paper`), is run by the same
-script, `scripts/gpu_benchmarks.sh`; `scripts/gpu_benchmarks.sh --apply <its output folder>`
-puts its table and figures, the machine description (`nvidia-smi`, torch) and the script's
-status in [`docs/gpu/`](gpu/).
+`scripts/gpu_benchmarks.sh` runs this section and the MNIST ablation at the paper's budget
+(`python -m arcvq_plugin.vqvae.reproduce --device cuda --budget paper`);
+`scripts/gpu_benchmarks.sh --apply <its output folder>` puts the ablation's table and figures,
+the machine description (`nvidia-smi`, torch) and the script's status in [`docs/gpu/`](gpu/).
 """
 
 FOOTER = """

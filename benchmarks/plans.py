@@ -1,8 +1,8 @@
 """What ``python -m benchmarks`` runs on each device: the sizes, precisions and repeats.
 
-The CPU plan keeps the sizes of issue 7 (a 2-core machine: minutes); the GPU plan uses the
-sizes of issue 13 (one GPU: a few minutes), which would take hours on the CPU. ``--quick`` uses
-toy sizes on either device (seconds; a smoke test of every code path).
+The CPU plan's sizes take minutes on a 2-core machine; the GPU plan's sizes take a few minutes
+on one GPU and would take hours on the CPU. ``--quick`` uses toy sizes on either device (seconds;
+a smoke test of every code path).
 """
 from __future__ import annotations
 
