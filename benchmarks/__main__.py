@@ -17,10 +17,11 @@ from typing import Optional
 import torch
 
 from . import arc_loss_memory, quantizers, train_step
-from .document import DEVICES, check_writable, write_atomic, write_section
+from .devices import DEVICES
+from .document import check_writable, write_atomic, write_section
 from .measure import machine_description, resolve_device
 from .plans import Plan, plan_for
-from .report import DeviceRun, render_section
+from .report import DeviceRun, not_measured_sections, render_section
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ def check_arguments(quick: bool, output: Path, threads: Optional[int], device: s
         raise ValueError(f"threads must be >= 1, got {threads}")
     plan = plan_for(device, quick)
     resolve_device(device)
-    check_writable(output, device)  # a file that is not a report, or one that would lose a section
+    check_writable(output, device)  # a file that is not a report, or a report without this device's section
     return plan
 
 
@@ -74,7 +75,7 @@ def run(quick: bool, output: Path, threads: Optional[int], device: str = "cpu",
             result = measure(plan, threads or previous_threads, command)
     finally:
         torch.set_num_threads(previous_threads)
-    text = write_section(output, device, render_section(result))
+    text = write_section(output, device, render_section(result), not_measured_sections())
     if json_path is not None:
         write_atomic(json_path, json.dumps(dataclasses.asdict(result), indent=1, default=str) + "\n")
     return text

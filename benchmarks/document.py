@@ -1,9 +1,15 @@
 """``docs/BENCHMARKS.md``: one section per device between markers, each rewritten only by a run
-on that device; a device never measured gets a section that says so and how to measure it.
+on that device; everything outside the markers (the introduction, the notes, whatever was added
+by hand) is kept as it is.
+
+A new report is composed from one section per device: the measured ones and, for a device not
+measured yet, the section its caller gives (:func:`benchmarks.report.not_measured_sections`: how
+to measure it, what it will measure, its targets). Of the benchmarks package this module imports
+only :mod:`benchmarks.devices`.
 
 ``python -m benchmarks.document --device cuda --from RUN/BENCHMARKS.md --into docs/BENCHMARKS.md``
 copies one device's section from a report written elsewhere (e.g. on a GPU machine) into this
-one, keeping the other devices' sections.
+one, keeping everything else.
 """
 from __future__ import annotations
 
@@ -14,35 +20,28 @@ from typing import Mapping, Optional
 
 from arcvq_plugin.atomic_outputs import write_text_atomic
 
-__all__ = ["DEVICES", "DEVICE_TITLES", "MEASURE_COMMANDS", "NOT_MEASURED_MARK", "TITLE", "check_writable", "compose",
-           "copy_section", "parse_sections", "read_report", "write_atomic", "write_section"]
+from .devices import DEVICE_TITLES, DEVICES, NOT_MEASURED_MARK, check_device
+
+__all__ = ["TITLE", "check_writable", "compose", "copy_section", "parse_sections", "read_report", "write_atomic",
+           "write_section"]
 
 TITLE = "# ArcVQ benchmarks"
-DEVICES = ("cpu", "cuda")
-DEVICE_TITLES = {"cpu": "CPU", "cuda": "CUDA GPU"}
-NOT_MEASURED_MARK = "**Not measured yet.**"
-MEASURE_COMMANDS = {
-    "cpu": "`python -m benchmarks --device cpu`",
-    "cuda": "`bash scripts/gpu_benchmarks.sh` (this section and the paper-budget reproduction, within 10 "
-            "minutes; its header says how to run it on a lent GPU machine), or `python -m benchmarks "
-            "--device cuda` (this section only)",
-}
 _START, _END = "<!-- benchmarks:{device}:start -->", "<!-- benchmarks:{device}:end -->"
 
 INTRO = """
-Written by `python -m benchmarks --device cpu|cuda` (do not edit by hand; rerun it): one section
-per device, each rewritten only by a run on that device. Every figure is a ratio of arms
-measured side by side in the same run, repeats interleaved, median. What each comparison runs is
-in the docstrings of `benchmarks/train_step.py`, `benchmarks/arc_loss_memory.py` and
-`benchmarks/quantizers.py`; the sizes of each device are in `benchmarks/plans.py`.
+Each device's section is written by `python -m benchmarks --device cpu|cuda` (do not edit it by
+hand; rerun it), and rewritten only by a run on that device; the rest of this page is kept as it
+is. Every figure is a ratio of arms measured side by side in the same run, repeats interleaved,
+median. What each comparison runs is in the docstrings of `benchmarks/train_step.py`,
+`benchmarks/arc_loss_memory.py` and `benchmarks/quantizers.py`; the sizes of each device are in
+`benchmarks/plans.py`.
 """
 
 CUDA_PREAMBLE = """
-Section 2 of issue 13, the MNIST ablation at the paper's budget
-(`python -m arcvq_plugin.vqvae.reproduce --device cuda --budget paper`), is run by the same
-script, `scripts/gpu_benchmarks.sh`; `scripts/gpu_benchmarks.sh --apply <its output folder>`
-puts its table and figures, the machine description (`nvidia-smi`, torch) and the script's
-status in [`docs/gpu/`](gpu/).
+`scripts/gpu_benchmarks.sh` runs this section and the MNIST ablation at the paper's budget
+(`python -m arcvq_plugin.vqvae.reproduce --device cuda --budget paper`);
+`scripts/gpu_benchmarks.sh --apply <its output folder>` puts the ablation's table and figures,
+the machine description (`nvidia-smi`, torch) and the script's status in [`docs/gpu/`](gpu/).
 """
 
 FOOTER = """
@@ -101,18 +100,23 @@ def _device_block(device: str, body: str) -> str:
 
 
 def compose(sections: Mapping[str, str]) -> str:
-    """The whole document from the device sections at hand; a missing device says it is not measured."""
-    parts = [TITLE, INTRO.strip()]
-    for device in DEVICES:
-        body = sections.get(device)
-        if not body:  # imported here: copying sections needs neither torch nor the benchmarks
-            from .plans import plan_for
-            from .report import not_measured_section
+    """A new report: the title, the introduction, each device's section from ``sections`` (one per
+    device, measured or not), the notes."""
+    missing = [device for device in DEVICES if device not in sections]
+    if missing:
+        raise ValueError(f"a report needs a section for every device; none given for {missing}")
+    blocks = [_device_block(device, sections[device]) for device in DEVICES]
+    return "\n\n".join([TITLE, INTRO.strip(), *blocks, FOOTER.strip()]) + "\n"
 
-            body = not_measured_section(plan_for(device, quick=False), MEASURE_COMMANDS[device])
-        parts.append(_device_block(device, body))
-    parts.append(FOOTER.strip())
-    return "\n\n".join(parts) + "\n"
+
+def _replace_blocks(text: str, sections: Mapping[str, str]) -> str:
+    """``text`` with the block of each device of ``sections`` that it holds replaced by that section;
+    everything else in ``text`` kept as it is."""
+    for device, body in sections.items():
+        match = _pattern(device).search(text)
+        if match:
+            text = text[:match.start()] + _device_block(device, body) + text[match.end():]
+    return text
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -132,34 +136,41 @@ def read_report(path: Path) -> Optional[str]:
     return text
 
 
-def check_writable(path: Path, device: str) -> dict[str, str]:
-    """The sections of the report at ``path`` (none if it does not exist yet), after checking that
-    ``device``'s section may be written there without losing anything: a ValueError otherwise."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+def check_writable(path: Path, device: str) -> Optional[str]:
+    """The text of the report at ``path`` (None if it does not exist yet), after checking that
+    ``device``'s section can be written there without losing anything: a ValueError otherwise."""
+    check_device(device)
     text = read_report(path)
+    if text is not None and not _pattern(device).search(text):
+        raise ValueError(f"{path} has no {device} section (no {_START.format(device=device)} ... "
+                         f"{_END.format(device=device)} markers): refusing to rewrite what it holds; "
+                         "put the markers back where the section goes, or pass another --output")
+    return text
+
+
+def write_section(path: Path, device: str, body: str, not_measured: Optional[Mapping[str, str]] = None) -> str:
+    """Put ``body`` as ``device``'s section of the report at ``path``; returns the whole new text.
+
+    ``not_measured``: device -> its section before it is measured
+    (:func:`benchmarks.report.not_measured_sections`). An existing report keeps everything outside
+    ``device``'s section as it is, except that each other device not measured yet gets its section
+    from ``not_measured`` (when given there). A new report gets the other devices' sections from
+    ``not_measured``, or just the mark that says they are not measured yet.
+    """
+    text = check_writable(path, device)
     if text is None:
-        return {}
-    legacy = not any(_START.format(device=d) in text for d in DEVICES)
-    if legacy and device != "cpu":
-        raise ValueError(f"{path} has no device sections (written before they existed, from a CPU run): "
-                         f"writing the {device} section would drop its CPU figures. Rerun "
-                         "`python -m benchmarks --device cpu` on it first, or pass another --output")
-    return parse_sections(text)
-
-
-def write_section(path: Path, device: str, body: str) -> str:
-    """Put ``body`` as ``device``'s section of the report at ``path`` (created if missing), keeping
-    the other devices' sections; returns the whole new text."""
-    sections = check_writable(path, device)
-    sections[device] = body
-    new_text = compose(sections)
+        new_text = compose({**dict.fromkeys(DEVICES, NOT_MEASURED_MARK), **(not_measured or {}), device: body})
+    else:
+        measured = parse_sections(text)
+        unmeasured = {other: section for other, section in (not_measured or {}).items() if other not in measured}
+        new_text = _replace_blocks(text, {**unmeasured, device: body})
     write_atomic(path, new_text)
     return new_text
 
 
 def copy_section(device: str, source: Path, target: Path) -> str:
-    """Copy ``device``'s section of the report ``source`` into the report ``target``."""
+    """Copy ``device``'s section of the report ``source`` into the report ``target`` (everything else
+    in ``target`` kept)."""
     text = read_report(source)
     if text is None:
         raise ValueError(f"--from {source} does not exist")
@@ -170,10 +181,11 @@ def copy_section(device: str, source: Path, target: Path) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m benchmarks.document``: :func:`copy_section` from the command line."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.document", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=DEVICES, required=True)
     parser.add_argument("--from", dest="source", type=Path, required=True, help="report to take the section from")
-    parser.add_argument("--into", type=Path, required=True, help="report to put it in (other sections kept)")
+    parser.add_argument("--into", type=Path, required=True, help="report to put it in (everything else kept)")
     args = parser.parse_args(argv)
     try:
         copy_section(args.device, args.source, args.into)

@@ -1,15 +1,15 @@
 """What ``python -m benchmarks`` runs on each device: the sizes, precisions and repeats.
 
-The CPU plan keeps the sizes of issue 7 (a 2-core machine: minutes); the GPU plan uses the
-sizes of issue 13 (one GPU: a few minutes), which would take hours on the CPU. ``--quick`` uses
-toy sizes on either device (seconds; a smoke test of every code path).
+The CPU plan's sizes take minutes on a 2-core machine; the GPU plan's sizes take a few minutes
+on one GPU and would take hours on the CPU. ``--quick`` uses toy sizes on either device (seconds;
+a smoke test of every code path).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .arc_loss_memory import ArcLossCase
-from .document import DEVICES
+from .devices import check_device
 from .quantizers import DTYPES, QuantizerCase
 from .train_step import F8_ARMS, F16_ARMS, NO_LPIPS, SMALL_OVERRIDES, TrainStepCase, disc_reconstruction_arms
 
@@ -18,6 +18,9 @@ __all__ = ["Plan", "plan_for"]
 
 @dataclass(frozen=True)
 class Plan:
+    """What one ``python -m benchmarks`` run measures on ``device``: the cases of each benchmark,
+    the quantisers' precisions and the repeats (``quick``: toy sizes)."""
+
     device: str
     quick: bool
     train: tuple[TrainStepCase, ...]
@@ -28,8 +31,7 @@ class Plan:
     quantizer_repeats: int
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        check_device(self.device)
         unknown = set(self.quantizer_dtypes) - set(DTYPES)
         if unknown:
             raise ValueError(f"quantizer_dtypes must be among {sorted(DTYPES)}, got {sorted(unknown)}")
@@ -85,8 +87,7 @@ def _quick(device: str) -> Plan:
 
 def plan_for(device: str, quick: bool) -> Plan:
     """The plan for ``device`` ("cpu" or "cuda"); ``quick``: toy sizes."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    check_device(device)
     if quick:
         return _quick(device)
     return CPU if device == "cpu" else CUDA

@@ -6,16 +6,24 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from .arc_loss_memory import ArcLossResult
-from .document import DEVICE_TITLES, NOT_MEASURED_MARK
+from .devices import DEVICES, NOT_MEASURED_MARK
 from .measure import Comparison
-from .plans import Plan
+from .plans import Plan, plan_for
 from .quantizers import ARMS as QUANTIZER_ARMS
 from .quantizers import QuantizerResult
 from .targets import (MEMORY_RATIO_LIMIT, MEMORY_TARGET, MET, THROUGHPUT_MIN, TIME_RATIO_LIMIT, TRAIN_STEP_LIMIT,
                       TargetCheck, check_targets, fraction)
 from .train_step import TrainStepResult
 
-__all__ = ["DeviceRun", "not_measured_section", "render_section"]
+__all__ = ["DeviceRun", "MEASURE_COMMANDS", "not_measured_section", "not_measured_sections", "render_section"]
+
+MEASURE_COMMANDS = {
+    "cpu": "`python -m benchmarks --device cpu`",
+    "cuda": "`bash scripts/gpu_benchmarks.sh` on any CUDA machine (this section and the MNIST ablation at the "
+            "paper's budget, within 10 minutes; its header says how to run it where PyPI cannot be reached), "
+            "or `python -m benchmarks --device cuda` (this section only)",
+}
+"""How to measure each device (markdown), as the section of a device not measured yet says."""
 
 
 @dataclass
@@ -54,8 +62,8 @@ def _arm_time(s: Comparison, arm: str, scale: float = 1.0, digits: int = 3) -> s
 
 
 def _targets_section(checks: Sequence[TargetCheck]) -> list[str]:
-    lines = ["| issue | what | target | figure | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {c.issue} | {c.what} | {c.target} | {c.figure} | {c.verdict} |" for c in checks]
+    lines = ["| what | target | figure | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c.what} | {c.target} | {c.figure} | {c.verdict} |" for c in checks]
     return lines
 
 
@@ -238,16 +246,14 @@ def render_section(run: DeviceRun) -> str:
     return "\n".join(lines)
 
 
-def not_measured_section(plan: Plan, command: str) -> str:
-    """The section of a device that has not been measured yet: how to run it (``command``,
-    markdown), what it will measure,
-    and every target marked ``not measured``."""
+def not_measured_section(plan: Plan) -> str:
+    """The section of ``plan``'s device before it is measured: how to measure it
+    (:data:`MEASURE_COMMANDS`), what ``plan`` will measure, and every target marked ``not measured``."""
     train = "; ".join(f"{c.name}, batch up to {c.batch_size}, arms {', '.join(a.name for a in c.arms)}"
                       for c in plan.train)
     arc = "; ".join(f"K={c.k}, N={c.n}, D={c.d} (chunk {c.chunk_size})" for c in plan.arc_loss)
     quant = "; ".join(f"K={c.k}, D={c.d}, N={c.n} (chunk {c.chunk_size})" for c in plan.quantizers)
-    lines = [f"{NOT_MEASURED_MARK} No {DEVICE_TITLES[plan.device]} has been available to this project's "
-             f"sessions so far. To measure: {command}.", "",
+    lines = [f"{NOT_MEASURED_MARK} To measure: {MEASURE_COMMANDS[plan.device]}.", "",
              "It will measure:", "",
              f"- 1. VQGAN train step: {train};",
              f"- 2. ArcLoss chunked vs dense: {arc};",
@@ -255,3 +261,9 @@ def not_measured_section(plan: Plan, command: str) -> str:
              "", "### Targets", ""]
     lines += _targets_section(check_targets(plan.device, [], [], [], measured=False))
     return "\n".join(lines)
+
+
+def not_measured_sections() -> dict[str, str]:
+    """device -> its section before it is measured, at the sizes of its full plan: what a new report
+    holds for the devices its first run did not measure."""
+    return {device: not_measured_section(plan_for(device, quick=False)) for device in DEVICES}

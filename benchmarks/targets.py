@@ -1,4 +1,5 @@
-"""The performance targets of issues 7 (any device) and 13 (GPU), checked against a run's results.
+"""The performance targets, checked against a run's results: on the CPU its train-step target and
+the targets every device shares; on a GPU the GPU targets, then the shared ones.
 
 Each check gives the figure(s) it read and a verdict: ``met``, ``MISSED`` (any figure misses), or
 ``not measured`` (no run on that device yet, the sizes were not in the run, or a figure could not
@@ -23,14 +24,16 @@ GRADIENT_RTOL = 1e-4
 """Dense and chunked ArcLoss gradients count as equal when max |diff| <= GRADIENT_RTOL * max |grad|
 (float32 rounding of differently ordered sums; observed ~1e-7)."""
 
-TRAIN_STEP_LIMIT = {"cpu": 1.03, "cuda": 1.02}  # issue 7 (CPU), issue 13 (GPU)
+TRAIN_STEP_LIMIT = {"cpu": 1.03, "cuda": 1.02}
+"""The most a VQGAN train step with ArcQuantizer may take, as a ratio over VectorQuantizer2's, per device."""
 MEMORY_RATIO_LIMIT, TIME_RATIO_LIMIT, THROUGHPUT_MIN, EXTRA_MEMORY_LIMIT_GIB = 1 / 8, 1.25, 1.0, 4.0
 MEMORY_TARGET = f"<= 1/{round(1 / MEMORY_RATIO_LIMIT)}"
 
 
 @dataclass(frozen=True)
 class TargetCheck:
-    issue: int
+    """One target and how a run fared: what it measures, the target, the figure(s) read and the verdict."""
+
     what: str
     target: str
     figure: str
@@ -46,13 +49,13 @@ def fraction(ratio: float) -> str:
     return f"1/{1 / ratio:.1f}" if ratio > 0 else "0"
 
 
-def _check(issue: int, what: str, target: str, figures: Sequence[Figure], absent: str) -> TargetCheck:
+def _check(what: str, target: str, figures: Sequence[Figure], absent: str) -> TargetCheck:
     if not figures:
-        return TargetCheck(issue, what, target, absent, NOT_MEASURED)
+        return TargetCheck(what, target, absent, NOT_MEASURED)
     text = "; ".join(f"{label}: {value}" if label else value for label, value, _ in figures)
     oks = [ok for _, _, ok in figures]
     verdict = MISSED if False in oks else NOT_MEASURED if None in oks else MET
-    return TargetCheck(issue, what, target, text, verdict)
+    return TargetCheck(what, target, text, verdict)
 
 
 def _train_figures(results: Iterable[TrainStepResult], limit: float) -> list[Figure]:
@@ -142,35 +145,36 @@ def _bf16_finite(r: QuantizerResult) -> Figure:
 
 def check_targets(device: str, train: Sequence[TrainStepResult], arc_loss: Sequence[ArcLossResult],
                   quantizers: Sequence[QuantizerResult], measured: bool = True) -> list[TargetCheck]:
-    """Every target of ``device`` ("cpu": issue 7's; "cuda": issue 13's, then issue 7's) against
-    the results (``measured=False``: no run on that device yet)."""
+    """Every target of ``device`` against the results (``measured=False``: no run on that device
+    yet): on the CPU its train-step target, then the shared targets; on a GPU the GPU targets, then
+    the shared ones."""
     absent = "not in this run's sizes" if measured else "-"
     large = [r for r in quantizers if (r.case.k, r.case.n) == (16384, 32768)]
     huge = [r for r in quantizers if (r.case.k, r.case.n) == (100000, 32768)]
     step = TRAIN_STEP_LIMIT[device]
-    issue7 = [
-        _check(7, "ArcLoss peak memory, chunked / dense (K=16384, N=32768)", MEMORY_TARGET,
+    shared = [
+        _check("ArcLoss peak memory, chunked / dense (K=16384, N=32768)", MEMORY_TARGET,
                _arc_loss_figures(arc_loss, "memory"), absent),
-        _check(7, "ArcLoss time, chunked / dense (same)", f"<= {TIME_RATIO_LIMIT}",
+        _check("ArcLoss time, chunked / dense (same)", f"<= {TIME_RATIO_LIMIT}",
                _arc_loss_figures(arc_loss, "time"), absent),
-        _check(7, "ArcLoss gradient, chunked vs dense (same)",
+        _check("ArcLoss gradient, chunked vs dense (same)",
                f"equal (max abs diff <= {GRADIENT_RTOL:g} x max abs grad)", _arc_loss_figures(arc_loss, "gradient"),
                absent),
-        _check(7, "Quantiser throughput, ArcQuantizer / vector-quantize-pytorch cosine VectorQuantize",
+        _check("Quantiser throughput, ArcQuantizer / vector-quantize-pytorch cosine VectorQuantize",
                f">= {THROUGHPUT_MIN}", _quantizer_figures(quantizers, lambda r: r.dtype == "fp32", _throughput),
                absent),
     ]
     if device == "cpu":
-        return [_check(7, "VQGAN train step time, ArcQuantizer / VectorQuantizer2", f"<= {step}",
-                       _train_figures(train, step), absent)] + issue7
+        return [_check("VQGAN train step time, ArcQuantizer / VectorQuantizer2", f"<= {step}",
+                       _train_figures(train, step), absent)] + shared
     return [
-        _check(13, "f8 VQGAN train step time, ArcQuantizer / VectorQuantizer2", f"<= {step}",
+        _check("f8 VQGAN train step time, ArcQuantizer / VectorQuantizer2", f"<= {step}",
                _train_figures(train, step), absent),
-        _check(13, "ArcQuantizer peak memory, chunked / dense (K=16384, N=32768)", MEMORY_TARGET,
+        _check("ArcQuantizer peak memory, chunked / dense (K=16384, N=32768)", MEMORY_TARGET,
                _quantizer_figures(large, lambda r: r.dtype == "fp32", _chunked_memory_ratio), absent),
-        _check(13, "ArcQuantizer chunked at K=100000, N=32768: memory above its inputs",
+        _check("ArcQuantizer chunked at K=100000, N=32768: memory above its inputs",
                f"< {EXTRA_MEMORY_LIMIT_GIB:g} GiB", _quantizer_figures(huge, lambda r: True, _chunked_extra_memory),
                absent),
-        _check(13, "bf16 autocast: ArcQuantizer (dense, chunked) output, loss, gradient", "finite",
+        _check("bf16 autocast: ArcQuantizer (dense, chunked) output, loss, gradient", "finite",
                _quantizer_figures(quantizers, lambda r: r.dtype == "bf16", _bf16_finite), absent),
-    ] + issue7
+    ] + shared
