@@ -151,7 +151,8 @@ def _number(value: Optional[float], metric: str, signed: bool = False) -> str:
     return f"{value * scale:{'+' if signed else ''}.{_DIGITS.get(metric, 3)}f}"
 
 
-def _mean_std(summary: Mapping, metric: str) -> str:
+def _mean_std_cell(summary: Mapping, metric: str) -> str:
+    """``mean ± std`` of one metric's seed summary (``statistics.seed_summary``); ``n/a`` without a mean."""
     s = summary[metric]
     if s["mean"] is None:
         return "n/a"
@@ -216,7 +217,7 @@ def _seed_lines(table: Mapping) -> list[str]:
 def _summary_lines(table: Mapping) -> list[str]:
     """Mean ± std over seeds, one line per row."""
     rows = [[entry["label"], str(len(entry["seeds"])),
-             *(_mean_std(entry["summary"], c) for c in _SEED_TABLE_COLUMNS)] for entry in table["rows"].values()]
+             *(_mean_std_cell(entry["summary"], c) for c in _SEED_TABLE_COLUMNS)] for entry in table["rows"].values()]
     return ["Mean ± standard deviation over seeds (sample std, ddof 1):", "",
             *markdown_table(["Method", "seeds", *(_NAMES[c] for c in _SEED_TABLE_COLUMNS)], rows)]
 
