@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import re
 import sys
 import time
@@ -55,6 +53,7 @@ from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.devices import resolve_device
+from arcvq_plugin.machine import load_average, machine_description
 from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
                                        schedule_end, schedule_overrides)
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_codebook_figures, save_reconstruction_grid,
@@ -64,8 +63,8 @@ from arcvq_plugin.vqvae.report import ROW_LABELS, build_table, format_table
 from arcvq_plugin.vqvae.sweep import Sweep, configured_value, parse_sweep, sweep_override, variant_name
 from arcvq_plugin.vqvae.training_trace import BoundTrace, summarize_clipping
 
-__all__ = ["TrainedRow", "build_parser", "default_config_dir", "evaluate_model", "machine_description", "main",
-           "row_config", "seed_argument", "train_row", "validate_args"]
+__all__ = ["TrainedRow", "build_parser", "default_config_dir", "evaluate_model", "main", "row_config",
+           "seed_argument", "train_row", "validate_args"]
 
 ROWS = tuple(ROW_LABELS)
 ABLATION_ROWS = ("vq", "cosine", "bbnr", "arcvq")
@@ -239,13 +238,6 @@ def evaluate_model(model: VQVAE, pixels: torch.Tensor, batch_size: int = 1000) -
     return torch.cat(real).cpu(), torch.cat(fake).cpu(), torch.cat(indices).cpu()
 
 
-def machine_description(device: torch.device) -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "pytorch_lightning": pl.__version__, "device": str(device),
-            "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -411,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seeds = list(dict.fromkeys(args.seeds))
-    load_start = os.getloadavg()
+    machine = machine_description(device)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     first = next(iter(plan["tables"].values()))[0].config
     test_set = instantiate_from_config(first.data.params.test)
@@ -472,9 +464,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_text_atomic(out / "table.md", text)
     all_snaps = {name: snap for snaps in snapshots.values() for name, snap in snaps.items()}
     figures["reconstructions"] = str(save_reconstruction_grid(grid, all_snaps, out / "reconstructions.png"))
-    machine = machine_description(device)
-    machine.update(load_average_start=list(load_start), load_average_end=list(os.getloadavg()),
-                   wall_seconds=time.perf_counter() - start)
+    machine.update(load_average_end=load_average(), wall_seconds=time.perf_counter() - start)
     payload = {"command": ["arcvq-reproduce", *(sys.argv[1:] if argv is None else argv)],
                "settings": {"dataset": args.dataset, "rows": plan["rows"], "seeds": seeds, "budget": args.budget,
                             "schedule": args.schedule, "schedule_notes": plan["notes"], "steps": plan["steps"],
