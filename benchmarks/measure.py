@@ -1,11 +1,9 @@
 """Side-by-side measurement shared by every benchmark: interleaved repeats, a device clock (CUDA
 events on a GPU, ``time.perf_counter`` on the CPU), peak device memory, running out of memory as
-a result rather than a crash, and the machine description."""
+a result rather than a crash; the machine description is :func:`arcvq_plugin.machine.machine_description`."""
 from __future__ import annotations
 
 import gc
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from arcvq_plugin import devices
+from arcvq_plugin.machine import machine_description
 
 __all__ = ["Comparison", "Interval", "interleaved", "is_out_of_memory", "machine_description", "median",
            "out_of_memory_note", "peak_memory", "release_memory", "resolve_device", "synchronize", "timed"]
@@ -186,48 +185,3 @@ def interleaved(arms: Mapping[str, Callable[[], float]], repeats: int, warmup: i
                 if value is not None:
                     result.samples[name].append(value)
     return result
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _gpu_description(device: torch.device) -> dict[str, str]:
-    props = torch.cuda.get_device_properties(device)
-    return {
-        "GPU": f"{props.name} ({props.total_memory / 2**30:.0f} GiB, compute capability "
-               f"{props.major}.{props.minor}, {props.multi_processor_count} multiprocessors)",
-        "CUDA (torch build) / cuDNN": f"{torch.version.cuda} / {torch.backends.cudnn.version()}",
-        "TF32 (matmul / cuDNN)": f"{torch.backends.cuda.matmul.allow_tf32} / {torch.backends.cudnn.allow_tf32}",
-    }
-
-
-def machine_description(device: torch.device = torch.device("cpu")) -> dict[str, str]:
-    """CPU model, cores, memory, the GPU benchmarked (or none), torch version and threads, load."""
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        memory = f"{pages * page_size / 2**30:.1f} GiB"
-    except (ValueError, OSError):
-        memory = "unknown"
-    if device.type == "cuda":
-        gpu = _gpu_description(device)
-    else:
-        gpu = {"GPU": "none used (CPU run)"}
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return {
-        "CPU": _cpu_model(),
-        "cores": str(os.cpu_count()),
-        "memory": memory,
-        **gpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch intra-op threads": str(torch.get_num_threads()),
-        "load average at start (1, 5, 15 min)": load,
-    }

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
+from arcvq_plugin.markdown import markdown_table
+
 __all__ = ["TABLE_COLUMNS", "format_table"]
 
 # (header, result key, format); usage is printed in percent
@@ -26,18 +28,10 @@ def _cell(row: Mapping, key: str, fmt: str) -> str:
     return fmt.format(100.0 * value if key == "usage" else value)
 
 
-def format_table(rows: Mapping[str, Mapping], title: Optional[str] = None) -> str:
-    """A Markdown table with one row per ``{name: result}``.
-
-    Each result is a :func:`reconstruction_metrics` dict, optionally with a ``"codebook"`` entry
-    (:func:`codebook_metrics`) or those keys at top level; missing values print as ``n/a``.
-    Below the table: why metrics are unavailable, and which weights were substitutes.
-    """
-    header = "| Method | " + " | ".join(name for name, _, _ in TABLE_COLUMNS) + " |"
-    lines = ([f"**{title}**", ""] if title else []) + [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
+def _notes(rows: Mapping[str, Mapping]) -> list[str]:
+    """Why metrics are unavailable (unless not requested) and which weights were substitutes, each once."""
     notes: dict[str, str] = {}
     for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(row, key, fmt) for _, key, fmt in TABLE_COLUMNS) + " |")
         for metric, reason in (row.get("unavailable") or {}).items():
             if reason != "not requested":
                 notes.setdefault(f"{metric} unavailable: {reason}", name)
@@ -45,5 +39,17 @@ def format_table(rows: Mapping[str, Mapping], title: Optional[str] = None) -> st
             for metric, provenance in (row.get("weights") or {}).items():
                 if "substitute weights" in provenance:
                     notes.setdefault(f"{metric}: {provenance}", name)
-    lines.extend(f"- {note}" for note in notes)
-    return "\n".join(lines)
+    return list(notes)
+
+
+def format_table(rows: Mapping[str, Mapping], title: Optional[str] = None) -> str:
+    """A Markdown table with one row per ``{name: result}``.
+
+    Each result is a :func:`reconstruction_metrics` dict, optionally with a ``"codebook"`` entry
+    (:func:`codebook_metrics`) or those keys at top level; missing values print as ``n/a``.
+    Below the table: why metrics are unavailable, and which weights were substitutes.
+    """
+    header = ["Method", *(name for name, _, _ in TABLE_COLUMNS)]
+    cells = [[name, *(_cell(row, key, fmt) for _, key, fmt in TABLE_COLUMNS)] for name, row in rows.items()]
+    lines = ([f"**{title}**", ""] if title else []) + markdown_table(header, cells)
+    return "\n".join(lines + [f"- {note}" for note in _notes(rows)])

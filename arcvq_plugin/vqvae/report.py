@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from arcvq_plugin.markdown import markdown_table
 from arcvq_plugin.vqvae.statistics import paired_difference, seed_summary
 
 __all__ = ["DIFFERENCE_METRICS", "METRIC_KEYS", "PAPER_RESULTS", "PAPER_SWEEPS", "ROW_LABELS", "build_table",
@@ -100,6 +101,9 @@ PAPER_SWEEPS: dict[str, dict[str, Any]] = {
 METRIC_KEYS = ("psnr", "ssim", "lpips", "rfid", "usage", "used_codes", "perplexity", "dead_codes", "mean_code_norm",
                "clipped_last", "train_seconds", "train_cpu_seconds")
 DIFFERENCE_METRICS = ("psnr", "ssim", "lpips", "rfid", "usage")
+# the columns of the per-seed and the mean +- std tables
+_SEED_TABLE_COLUMNS = ("psnr", "ssim", "lpips", "rfid", "usage", "used_codes", "perplexity", "mean_code_norm",
+                       "clipped_last", "train_seconds")
 _DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "rfid": 2, "usage": 1, "used_codes": 0, "perplexity": 1,
            "mean_code_norm": 3, "clipped_last": 1, "train_seconds": 0, "train_cpu_seconds": 0}
 _PERCENT = ("usage", "clipped_last")
@@ -147,7 +151,8 @@ def _number(value: Optional[float], metric: str, signed: bool = False) -> str:
     return f"{value * scale:{'+' if signed else ''}.{_DIGITS.get(metric, 3)}f}"
 
 
-def _mean_std(summary: Mapping, metric: str) -> str:
+def _mean_std_cell(summary: Mapping, metric: str) -> str:
+    """``mean ± std`` of one metric's seed summary (``statistics.seed_summary``); ``n/a`` without a mean."""
     s = summary[metric]
     if s["mean"] is None:
         return "n/a"
@@ -173,62 +178,77 @@ def _resolved(differences: Mapping[str, Mapping]) -> str:
     return ", ".join(verdicts) if verdicts else "no interval (1 seed)"
 
 
-def paper_lines(table: Mapping, dataset: str) -> list[str]:
-    """The paper's numbers for the rows of ``table`` (markdown lines), or a line saying there are none."""
-    sweep_key = table["name"][len("sweep_"):] if table["name"].startswith("sweep_") else None
-    if sweep_key is None:
-        paper = PAPER_RESULTS.get(dataset)
-        if paper is None:
-            return [f"The paper reports no {dataset} ablation."]
-        lines = [f"Paper ({dataset}, 500 epochs, batch 1024; {PAPER_NOTES[dataset]}):", "",
-                 "| Method | PSNR | SSIM | LPIPS | rFID |", "|---|---|---|---|---|"]
-        for row, entry in table["rows"].items():
-            p = paper.get(row, {})
-            lines.append(f"| {entry['label']} | {_number(p.get('psnr'), 'psnr')} | {_number(p.get('ssim'), 'ssim')} | "
-                         f"{_number(p.get('lpips'), 'lpips')} | {_number(p.get('rfid'), 'rfid')} |")
-        return lines
+def _paper_ablation_lines(table: Mapping, dataset: str) -> list[str]:
+    paper = PAPER_RESULTS.get(dataset)
+    if paper is None:
+        return [f"The paper reports no {dataset} ablation."]
+    columns = ("psnr", "ssim", "lpips", "rfid")
+    rows = [[entry["label"], *(_number(paper.get(row, {}).get(c), c) for c in columns)]
+            for row, entry in table["rows"].items()]
+    return [f"Paper ({dataset}, 500 epochs, batch 1024; {PAPER_NOTES[dataset]}):", "",
+            *markdown_table(["Method", *(_NAMES[c] for c in columns)], rows)]
+
+
+def _paper_sweep_lines(sweep_key: str, dataset: str) -> list[str]:
     paper = PAPER_SWEEPS.get(sweep_key)
     values = None if paper is None else paper["values"].get(dataset, paper["values"].get("any"))
     if values is None:
         return [f"The paper reports no sweep of {sweep_key} on {dataset}."]
     columns = paper["columns"]
-    lines = [f"Paper, {paper['source']} (ArcVQ-VAE, 500 epochs):", "",
-             f"| {sweep_key} | " + " | ".join(_NAMES[c] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for value, numbers in values.items():
-        lines.append(f"| {value} | " + " | ".join(_number(n, c) for n, c in zip(numbers, columns)) + " |")
-    return lines
+    rows = [[str(value), *(_number(n, c) for n, c in zip(numbers, columns))] for value, numbers in values.items()]
+    return [f"Paper, {paper['source']} (ArcVQ-VAE, 500 epochs):", "",
+            *markdown_table([sweep_key, *(_NAMES[c] for c in columns)], rows)]
+
+
+def paper_lines(table: Mapping, dataset: str) -> list[str]:
+    """The paper's numbers for the rows of ``table`` (markdown lines), or a line saying there are none."""
+    if table["name"].startswith("sweep_"):
+        return _paper_sweep_lines(table["name"][len("sweep_"):], dataset)
+    return _paper_ablation_lines(table, dataset)
+
+
+def _seed_lines(table: Mapping) -> list[str]:
+    """Every seed of every row, one line each."""
+    rows = [[entry["label"], str(seed), *(_number(metrics.get(c), c) for c in _SEED_TABLE_COLUMNS)]
+            for entry in table["rows"].values() for seed, metrics in entry["seeds"].items()]
+    return ["Every seed:", "", *markdown_table(["Method", "seed", *(_NAMES[c] for c in _SEED_TABLE_COLUMNS)], rows)]
+
+
+def _summary_lines(table: Mapping) -> list[str]:
+    """Mean ± std over seeds, one line per row."""
+    rows = [[entry["label"], str(len(entry["seeds"])),
+             *(_mean_std_cell(entry["summary"], c) for c in _SEED_TABLE_COLUMNS)] for entry in table["rows"].values()]
+    return ["Mean ± standard deviation over seeds (sample std, ddof 1):", "",
+            *markdown_table(["Method", "seeds", *(_NAMES[c] for c in _SEED_TABLE_COLUMNS)], rows)]
+
+
+def _interval_text(n_seeds: int) -> str:
+    if n_seeds == 1:
+        return "no interval with 1 seed"
+    weak = " (fewer than 3 seeds: 1 degree of freedom, t = 12.71)" if n_seeds == 2 else ""
+    return f"95% t-interval over seeds in brackets{weak}"
+
+
+def _difference_lines(table: Mapping) -> list[str]:
+    """The reference row minus every other row, paired by seed, with intervals and verdicts."""
+    reference = table["rows"][table["reference"]]["label"]
+    metrics = [m for m in ("psnr", "ssim", "usage", "lpips", "rfid")
+               if any(m in d for d in table["differences"].values())]
+    n_seeds = max(len(e["seeds"]) for e in table["rows"].values())
+    rows = [[table["rows"][row]["label"], *(_difference_cell(diffs.get(m), m) for m in metrics), _resolved(diffs)]
+            for row, diffs in table["differences"].items()]
+    return [f"{reference} minus each row, paired by seed (same seed, same data order); {_interval_text(n_seeds)}; "
+            "resolved = the interval excludes 0:", "",
+            *markdown_table([f"{reference} minus", *(f"Δ {_NAMES[m]}" for m in metrics), "resolved at this budget"],
+                            rows)]
 
 
 def format_table(table: Mapping, dataset: str, notes: Sequence[str] = ()) -> str:
     """Markdown: every seed, mean +- std per row, the paired differences, then the paper's numbers."""
-    columns = ("psnr", "ssim", "lpips", "rfid", "usage", "used_codes", "perplexity", "mean_code_norm",
-               "clipped_last", "train_seconds")
-    header = "| " + " | ".join(_NAMES[c] for c in columns) + " |"
-    rule = "|---" * (len(columns) + 2) + "|"
-    lines = [f"### {table['title']}", ""] + [f"{note}" for note in notes] + ([""] if notes else [])
-    lines += ["Every seed:", "", "| Method | seed " + header, rule]
-    for entry in table["rows"].values():
-        for seed, metrics in entry["seeds"].items():
-            lines.append(f"| {entry['label']} | {seed} | " + " | ".join(_number(metrics.get(c), c) for c in columns) + " |")
-    n_seeds = max(len(e["seeds"]) for e in table["rows"].values())
-    lines += ["", "Mean ± standard deviation over seeds (sample std, ddof 1):", "",
-              "| Method | seeds " + header, rule]
-    for entry in table["rows"].values():
-        lines.append(f"| {entry['label']} | {len(entry['seeds'])} | "
-                     + " | ".join(_mean_std(entry["summary"], c) for c in columns) + " |")
-    reference = table["rows"][table["reference"]]["label"]
+    lines = [f"### {table['title']}", "", *notes] + ([""] if notes else [])
+    lines += _seed_lines(table) + [""] + _summary_lines(table)
     if table["differences"]:
-        metrics = [m for m in ("psnr", "ssim", "usage", "lpips", "rfid")
-                   if any(m in d for d in table["differences"].values())]
-        interval = ("no interval with 1 seed" if n_seeds == 1 else
-                    f"95% t-interval over seeds in brackets{' (fewer than 3 seeds: 1 degree of freedom, t = 12.71)' if n_seeds == 2 else ''}")
-        lines += ["", f"{reference} minus each row, paired by seed (same seed, same data order); {interval}; "
-                      "resolved = the interval excludes 0:", "",
-                  f"| {reference} minus | " + " | ".join(f"Δ {_NAMES[m]}" for m in metrics) + " | resolved at this budget |",
-                  "|---" * (len(metrics) + 2) + "|"]
-        for row, diffs in table["differences"].items():
-            lines.append(f"| {table['rows'][row]['label']} | "
-                         + " | ".join(_difference_cell(diffs.get(m), m) for m in metrics) + f" | {_resolved(diffs)} |")
+        lines += [""] + _difference_lines(table)
     lines += [""] + paper_lines(table, dataset)
     return "\n".join(lines) + "\n"
 
@@ -245,13 +265,11 @@ def format_curve_differences(tables: Mapping[int, Mapping]) -> str:
     first = next(iter(tables.values()))
     reference = first["rows"][first["reference"]]["label"]
     metrics = [m for m in DIFFERENCE_METRICS if any(m in d for t in tables.values() for d in t["differences"].values())]
+    rows = [[table["rows"][row]["label"], str(step),
+             *(_difference_cell(table["differences"][row].get(m), m) for m in metrics),
+             _resolved(table["differences"][row])]
+            for row in first["differences"] for step, table in tables.items()]
     lines = [f"{reference} minus each row at every evaluated step, paired by seed; 95% t-interval in brackets "
              "(none with 1 seed):", "",
-             "| row | step | " + " | ".join(f"Δ {_NAMES[m]}" for m in metrics) + " | resolved |",
-             "|---" * (len(metrics) + 3) + "|"]
-    for row in first["differences"]:
-        for step, table in tables.items():
-            diffs = table["differences"][row]
-            lines.append(f"| {table['rows'][row]['label']} | {step} | "
-                         + " | ".join(_difference_cell(diffs.get(m), m) for m in metrics) + f" | {_resolved(diffs)} |")
+             *markdown_table(["row", "step", *(f"Δ {_NAMES[m]}" for m in metrics), "resolved"], rows)]
     return "\n".join(lines) + "\n"

@@ -31,50 +31,52 @@ Written to ``--out``:
 
 Defaults are the main job: embedded MNIST, the reduced budget, seed 1, the four rows, on the
 device ``auto`` picks (CUDA when torch sees a GPU, else the CPU).
+
+The run is three steps: :func:`arcvq_plugin.vqvae.plan.make_plan` turns the parsed arguments into
+a checked :class:`~arcvq_plugin.vqvae.plan.Plan` (every table's variants with their final configs;
+every model built once, so bad values fail before any training), :func:`train` trains and
+evaluates each (seed, config) once into a :class:`TrainingOutcome` (checkpoints and clipping logs
+written as it goes), and :func:`write_report` writes the tables, figures, table.md and results.json.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
-import platform
-import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
-from arcvq_plugin.config import instantiate_from_config, load_configs
-from arcvq_plugin.devices import resolve_device
-from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
-                                       schedule_end, schedule_overrides)
+from arcvq_plugin.cli_arguments import positive_int
+from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.machine import load_average, machine_description
+from arcvq_plugin.vqvae.budget import BUDGETS, SCHEDULES
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_codebook_figures, save_reconstruction_grid,
                                         save_table_figures)
 from arcvq_plugin.vqvae.model import VQVAE
-from arcvq_plugin.vqvae.report import ROW_LABELS, build_table, format_table
-from arcvq_plugin.vqvae.sweep import Sweep, configured_value, parse_sweep, sweep_override, variant_name
+from arcvq_plugin.vqvae.plan import ABLATION_ROWS, DATASETS, ROWS, SEED_LIMIT, Plan, Variant, make_plan, row_config
+from arcvq_plugin.vqvae.report import build_table, format_table
+from arcvq_plugin.vqvae.sweep import configured_value, parse_sweep
 from arcvq_plugin.vqvae.training_trace import BoundTrace, summarize_clipping
 
-__all__ = ["TrainedRow", "build_parser", "default_config_dir", "evaluate_model", "machine_description", "main",
-           "row_config", "seed_argument", "train_row", "validate_args"]
+__all__ = ["SeedRun", "TrainedRow", "TrainingOutcome", "build_parser", "default_config_dir", "evaluate_model", "main",
+           "seed_argument", "train", "train_row", "validate_args", "write_report"]
 
-ROWS = tuple(ROW_LABELS)
-ABLATION_ROWS = ("vq", "cosine", "bbnr", "arcvq")
-DATASETS = ("mnist", "cifar10")
 DEVICES = ("auto", "cpu", "cuda")
 MODELS = ("vqvae", "vqgan")
 N_GRID_IMAGES = 16
 CUDA_PROGRESS_REFRESH = 50  # steps between progress-bar updates on CUDA (each update reads the loss: a host sync)
 
+
+# ---- the command line ----------------------------------------------------------------------------
 
 def default_config_dir() -> Path:
     """``configs/vqvae`` of the source tree this package sits in."""
@@ -84,7 +86,7 @@ def default_config_dir() -> Path:
 def seed_argument(text: str) -> int:
     """argparse type of ``--seeds``: an integer in [0, 2**32)."""
     value = int(text)
-    if not 0 <= value < 2 ** 32:
+    if not 0 <= value < SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
     return value
 
@@ -151,30 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def row_config(config_dir: Path, dataset: str, row: str, epochs: Optional[int] = None,
-               batch_size: Optional[int] = None, limit_train: Optional[int] = None, limit_test: Optional[int] = None,
-               budget: str = "reduced", max_steps: Optional[int] = None, extra: Sequence[str] = ()) -> DictConfig:
-    """The row's config merged with the budget's files, then the budget options and ``extra`` as dotlist overrides.
-
-    ``epochs`` replaces the budget's epochs and lifts its step limit (unless ``max_steps`` is given).
-    """
-    paths = [Path(config_dir) / f"{dataset}_{row}.yaml", *budget_config_paths(config_dir, budget)]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"config {path} not found (pass --config-dir, the folder holding configs/vqvae/)")
-    dotlist = []
-    if epochs is not None:  # epochs rule: the budget's step limit is lifted unless max_steps is given too
-        dotlist += [f"lightning.trainer.max_epochs={epochs}", f"lightning.trainer.max_steps={max_steps or -1}"]
-    if batch_size is not None:
-        dotlist.append(f"data.params.batch_size={batch_size}")
-    if max_steps is not None:
-        dotlist.append(f"lightning.trainer.max_steps={max_steps}")
-    if limit_train is not None:
-        dotlist.append(f"data.params.train.params.limit={limit_train}")
-    if limit_test is not None:
-        dotlist += [f"data.params.{split}.params.limit={limit_test}" for split in ("validation", "test")]
-    return load_configs([str(p) for p in paths], [*dotlist, *extra])
-
+# ---- train: every variant once per seed ---------------------------------------------------------
 
 @dataclass
 class TrainedRow:
@@ -239,145 +218,230 @@ def evaluate_model(model: VQVAE, pixels: torch.Tensor, batch_size: int = 1000) -
     return torch.cat(real).cpu(), torch.cat(fake).cpu(), torch.cat(indices).cpu()
 
 
-def machine_description(device: torch.device) -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "pytorch_lightning": pl.__version__, "device": str(device),
-            "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+@dataclass(frozen=True)
+class SeedRun:
+    """One variant trained with one seed and evaluated.
 
+    Attributes:
+        metrics: its results.json record (keys: :mod:`arcvq_plugin.vqvae.report`), with
+            ``same_run_as`` (the stem that trained) where the same config and seed ran before.
+        snapshot: its codebook, code counts and first test reconstructions, for the figures.
+        stem: the name of its files (:meth:`Variant.stem`).
+        unavailable: metric -> why it could not be computed (requested metrics only).
+    """
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    metrics: dict[str, Any]
+    snapshot: CodebookSnapshot
+    stem: str
+    unavailable: dict[str, str]
 
 
 @dataclass
-class Variant:
-    """One row of one table: a row config, possibly at one value of a sweep."""
+class TrainingOutcome:
+    """Every variant of a plan trained once per seed: what the report shows.
 
-    name: str
-    label: str
-    config: DictConfig
-    sweep: Optional[dict] = None
+    Attributes:
+        rows: table name -> variant name -> ``{"label", "sweep", "seeds": {seed: metrics}}``, the
+            input of :func:`arcvq_plugin.vqvae.report.build_table`.
+        snapshots: table name -> variant name -> the first seed's snapshot, labelled as the variant.
+        n_test_images: the test images every run was evaluated on.
+        machine: :func:`arcvq_plugin.machine.machine_description` when training started.
+        started: ``time.perf_counter()`` when the first training started.
+        unavailable: metric -> why it could not be computed, over every run.
+    """
 
+    rows: dict[str, dict[str, dict[str, Any]]]
+    snapshots: dict[str, dict[str, CodebookSnapshot]]
+    n_test_images: int
+    machine: dict[str, Any]
+    started: float
+    unavailable: dict[str, str] = field(default_factory=dict)
 
-def _dataset_length(node: DictConfig, cache: dict) -> int:
-    key = OmegaConf.to_yaml(node)
-    if key not in cache:
-        cache[key] = len(instantiate_from_config(node))
-    return cache[key]
-
-
-def _schedule_notes(schedule: str, factor: float, steps: int, paper_steps: int, config: DictConfig,
-                    paper_config: DictConfig) -> list[str]:
-    """Lines stating the ArcVQ schedule of the run (lambda and R at its last step, against the paper's);
-    a schedule other than the paper's says that it is a deviation."""
-    params, paper = config.model.params.quantizer_config.params, paper_config.model.params.quantizer_config.params
-    (weight, bound), (paper_weight, paper_bound) = schedule_end(params, steps), schedule_end(paper, paper_steps)
-    end = (f"at the run's last step ({steps}) lambda = {weight:.3g} and R = {bound:.4g}; the paper's schedule "
-           f"ends ({paper_steps} steps) at lambda = {paper_weight:.3g} and R = {paper_bound:.4g}")
-    if schedule == "paper":
-        return [f"Schedule: the paper's (delta {float(params.arc_gamma_decay):.3g}, alpha {float(params.bbnr_alpha):.3g}), "
-                f"the recommended setting (docs/TRAINING.md, \"Schedules that fit the run\"); {end}."]
-    scaled = "delta and alpha" if schedule == "relative" else "delta only"
-    return [f"**Schedule: {schedule}, a deviation from the paper**: {scaled} multiplied by {factor:.4g} "
-            f"(paper steps / run steps: ArcQuantizer schedule_horizon {steps}, schedule_reference_horizon "
-            f"{params.schedule_reference_horizon}, schedule_rescale {params.schedule_rescale}); {end}."]
+    def record(self, table_name: str, variant: Variant, seed: int, run: SeedRun, first_seed: bool) -> None:
+        """Add ``run`` (``variant`` trained with ``seed``) to its table's row; keep its snapshot for the first seed."""
+        entry = self.rows[table_name].setdefault(variant.name, {"label": variant.label, "sweep": variant.sweep,
+                                                                "seeds": {}})
+        entry["seeds"][seed] = run.metrics
+        self.unavailable.update(run.unavailable)
+        if first_seed:
+            self.snapshots[table_name][variant.name] = dataclasses.replace(run.snapshot, label=variant.label)
 
 
-def _plan(args: argparse.Namespace, config_dir: Path, device: torch.device, sweeps: Sequence[Sweep]) -> dict:
-    """Every table's variants with their final configs, the step counts and the schedule notes."""
-    rows = list(dict.fromkeys(args.rows or (["arcvq"] if sweeps else list(ABLATION_ROWS))))
-    lengths: dict = {}
-    budget = dict(epochs=args.epochs, batch_size=args.batch_size, limit_train=args.limit_train,
-                  limit_test=args.limit_test, budget=args.budget, max_steps=args.max_steps)
-    specs = [("ablation", [(row, None, None) for row in rows])] if not sweeps else \
-        [(s.name, [(row, s.key, v) for row in rows for v in s.values]) for s in sweeps]
-    tables, notes = {}, []
-    steps = paper_steps = None
-    for table_name, entries in specs:
-        variants = []
-        for row, key, value in entries:
-            base = row_config(config_dir, args.dataset, row, budget="paper")
-            extra = [] if key is None else [sweep_override(key, value, base.model)]
-            config = row_config(config_dir, args.dataset, row, extra=extra, **budget)
-            n_run = _dataset_length(config.data.params.train, lengths)
-            n_paper = _dataset_length(base.data.params.train, lengths)
-            batch, epochs = int(config.data.params.batch_size), int(config.lightning.trainer.max_epochs)
-            max_steps = config.lightning.trainer.get("max_steps")
-            steps = run_steps(n_run, batch, epochs, None if max_steps in (None, -1) else int(max_steps))
-            paper_steps = run_steps(n_paper, int(base.data.params.batch_size), int(base.lightning.trainer.max_epochs))
-            if device.type == "cuda":  # the model's per-batch finiteness check is a host sync too
-                OmegaConf.update(config, "model.params.check_finite", False)
-            quantizer = config.model.params.get("quantizer_config")
-            if is_arc_quantizer(quantizer):
-                reference = int(quantizer.params.get("schedule_reference_horizon") or paper_steps)
-                for param, value in schedule_overrides(args.schedule, steps, reference).items():
-                    OmegaConf.update(config, f"model.params.quantizer_config.params.{param}", value)
-                if device.type == "cuda":  # its per-forward finiteness check is a host sync; BoundTrace checks per epoch
-                    OmegaConf.update(config, "model.params.quantizer_config.params.check_finite", False)
-                if not notes or (row == "arcvq" and key is None):
-                    notes = _schedule_notes(args.schedule, paper_steps / steps, steps, paper_steps, config, base)
-            instantiate_from_config(config.model)  # bad values fail here, before any training
-            name = row if key is None else variant_name(row, key, value)
-            label = ROW_LABELS[row] if key is None else f"{ROW_LABELS[row]}, {key}={value}"
-            variants.append(Variant(name, label, config, None if key is None else {"key": key, "value": value}))
-        tables[table_name] = variants
-    if device.type == "cuda":
-        notes = [*notes, "On CUDA the per-batch finiteness checks of the model and the ArcQuantizer (host syncs) "
-                         "are off (check_finite: false); the codebook's finiteness is checked once per epoch instead."]
-    return {"rows": rows, "tables": tables, "steps": steps, "paper_steps": paper_steps, "notes": notes}
+def _run_metrics(plan: Plan, trained: TrainedRow, real: torch.Tensor, fake: torch.Tensor, indices: torch.Tensor,
+                 codebook: torch.Tensor) -> tuple[dict[str, Any], dict[str, str]]:
+    """A run's results.json record and the requested metrics that could not be computed (metric -> why).
+
+    ``real``/``fake`` (N, C, H, W) in [0, 1], ``indices`` the selected codes, ``codebook`` (K, D).
+    """
+    from arcvq_plugin.evaluation import codebook_metrics, reconstruction_metrics
+
+    result = reconstruction_metrics(real, fake, lpips=plan.lpips, fid=plan.fid, device=plan.device)
+    requested = {"psnr": True, "ssim": True, "lpips": plan.lpips, "rfid": plan.fid}
+    unavailable = {name: why for name, why in (result.get("unavailable") or {}).items() if requested.get(name, True)}
+    clipping = summarize_clipping(trained.clipped_fraction)
+    metrics = {k: result[k] for k in ("psnr", "ssim", "lpips", "rfid")}
+    metrics.update(codebook_metrics(indices, trained.model.n_embed))
+    metrics.update(mean_code_norm=float(codebook.double().norm(dim=1).mean()),
+                   clipped_last=None if clipping is None else clipping["last"], clipping=clipping,
+                   train_seconds=trained.seconds, train_cpu_seconds=trained.cpu_seconds)
+    return metrics, unavailable
 
 
-def _reference(table_name: str, variants: Sequence[Variant], config_dir: Path, dataset: str) -> str:
+def _print_run(metrics: Mapping[str, Any]) -> None:
+    """One line: PSNR, SSIM, usage, training time and, with a norm bound, how much it clipped."""
+    clipping = metrics["clipping"]
+    print(f"   PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, usage {100 * metrics['usage']:.1f}%, "
+          f"trained in {metrics['train_seconds']:.0f} s"
+          + ("" if clipping is None else f", bound clipped {100 * clipping['last']:.1f}% of codes at the last step "
+                                         f"({clipping['steps_clipping']}/{clipping['steps']} steps clipped)"), flush=True)
+
+
+def _save_run_files(out: Path, stem: str, config: DictConfig, trained: TrainedRow) -> None:
+    """``checkpoints/<stem>.{ckpt,yaml}`` ({"state_dict", "config"} and the config) and, with a norm
+    bound, ``clipping/<stem>.csv`` (the fraction of codes it clipped at each step)."""
+    container = OmegaConf.to_container(config, resolve=True)
+    save_torch_atomic({"state_dict": trained.model.state_dict(), "config": container},
+                      out / "checkpoints" / f"{stem}.ckpt")
+    write_text_atomic(out / "checkpoints" / f"{stem}.yaml", OmegaConf.to_yaml(config))
+    if trained.clipped_fraction is not None:
+        (out / "clipping").mkdir(exist_ok=True)
+        write_text_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
+            f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
+
+
+def _train_and_evaluate(plan: Plan, variant: Variant, seed: int, test_pixels: torch.Tensor) -> SeedRun:
+    """Train ``variant`` with ``seed``, evaluate it on ``test_pixels`` (N, H, W, C) uint8, write its files."""
+    from arcvq_plugin.evaluation import decoder_codebook
+
+    trained = train_row(variant.config, seed, progress_bar=plan.progress_bar, device=plan.device)
+    model = trained.model
+    real, fake, indices = evaluate_model(model, test_pixels, plan.eval_batch_size)
+    codebook = decoder_codebook(model.quantize)  # SimVQ, FSQ: ``codebook``, not ``embedding.weight``
+    metrics, unavailable = _run_metrics(plan, trained, real, fake, indices, codebook)
+    _print_run(metrics)
+    stem = variant.stem(seed)
+    _save_run_files(plan.out, stem, variant.config, trained)
+    snapshot = CodebookSnapshot(
+        label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
+        reconstructions=fake[:N_GRID_IMAGES], originals=real[:N_GRID_IMAGES],
+        radius=float(model.quantize.radius) if getattr(model.quantize, "use_bbnr", False) else None,
+        clipped_fraction=trained.clipped_fraction)
+    return SeedRun(metrics, snapshot, stem, unavailable)
+
+
+def _run_once(plan: Plan, variant: Variant, seed: int, position: str, test_pixels: torch.Tensor,
+              runs: dict[tuple[str, int], SeedRun]) -> SeedRun:
+    """``variant`` trained with ``seed``, or the earlier run in ``runs`` of the same config and seed
+    (e.g. arc_top_k=3 and arc_m=0.1 are both the arcvq config) marked ``same_run_as``."""
+    key = (OmegaConf.to_yaml(variant.config), seed)
+    heading = f"\n== [{plan.dataset}] seed {seed}, {position}: {variant.label}"
+    if key in runs:
+        earlier = runs[key]
+        print(f"{heading}: the same config as {earlier.stem}, not trained again ==", flush=True)
+        return dataclasses.replace(earlier, metrics={**earlier.metrics, "same_run_as": earlier.stem})
+    print(f"{heading} ({plan.steps} steps, batch {variant.config.data.params.batch_size}, {plan.device}) ==",
+          flush=True)
+    runs[key] = _train_and_evaluate(plan, variant, seed, test_pixels)
+    return runs[key]
+
+
+def train(plan: Plan) -> TrainingOutcome:
+    """Train and evaluate every variant of ``plan`` once per seed, on ``plan.device``, the whole test
+    split (of the first variant's config) on the device; writes each run's checkpoint and clipping log."""
+    machine = machine_description(plan.device)
+    if plan.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    (plan.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    test_pixels = instantiate_from_config(plan.first_config.data.params.test).pixels.to(plan.device)
+    outcome = TrainingOutcome(rows={name: {} for name in plan.tables}, snapshots={name: {} for name in plan.tables},
+                              n_test_images=test_pixels.shape[0], machine=machine, started=time.perf_counter())
+    runs: dict[tuple[str, int], SeedRun] = {}
+    variants = plan.variants
+    for seed in plan.seeds:
+        for position, (table_name, variant) in enumerate(variants, 1):
+            run = _run_once(plan, variant, seed, f"row {position}/{len(variants)}", test_pixels, runs)
+            outcome.record(table_name, variant, seed, run, first_seed=seed == plan.seeds[0])
+    return outcome
+
+
+# ---- report: tables, figures, table.md, results.json ---------------------------------------------
+
+def _reference(plan: Plan, table_name: str, variants: Sequence[Variant]) -> str:
     """ArcVQ-VAE in the ablation; in a sweep, the ArcVQ-VAE (else first) row at its config's own value."""
     names = [v.name for v in variants]
     if table_name == "ablation":
         return "arcvq" if "arcvq" in names else names[0]
     ordered = sorted(variants, key=lambda v: not v.name.startswith("arcvq."))
     for variant in ordered:
-        base = row_config(config_dir, dataset, variant.name.split(".", 1)[0], budget="paper")
+        base = row_config(plan.config_dir, plan.dataset, variant.name.split(".", 1)[0], budget="paper")
         if configured_value(variant.sweep["key"], base.model) == variant.sweep["value"]:
             return variant.name
     return ordered[0].name
 
 
-def _train_and_evaluate(variant: Variant, seed: int, args: argparse.Namespace, device: torch.device,
-                        test_pixels: torch.Tensor, out: Path, unavailable: dict) -> tuple[dict, CodebookSnapshot]:
-    """Train one row for one seed, evaluate it on the test pixels, write its checkpoint and clipping log."""
-    from arcvq_plugin.evaluation import codebook_metrics, decoder_codebook, reconstruction_metrics
+def _title(plan: Plan, table_name: str, variants: Sequence[Variant], n_test_images: int) -> str:
+    """A table's heading: dataset, ablation or sweep, budget, schedule, seeds, test images, device."""
+    what = "ablation" if table_name == "ablation" else f"sweep of {variants[0].sweep['key']}"
+    budget = (f"budget {plan.budget} ({plan.steps} steps per row, batch {plan.batch_size}; "
+              f"the paper: {plan.paper_steps} steps, batch 1024)")
+    schedule = "" if plan.schedule == "paper" else f", schedule {plan.schedule} (DEVIATION from the paper)"
+    return (f"{plan.dataset} {what}: {budget}{schedule}, seeds {list(plan.seeds)}, {n_test_images} test images, "
+            f"{plan.device}" + (f", first {plan.limit_train} training images" if plan.limit_train else ""))
 
-    trained = train_row(variant.config, seed, progress_bar=not args.no_progress_bar, device=device)
-    model = trained.model
-    real, fake, indices = evaluate_model(model, test_pixels, args.eval_batch_size)
-    result = reconstruction_metrics(real, fake, lpips=args.lpips, fid=args.fid, device=device)
-    requested = {"psnr": True, "ssim": True, "lpips": args.lpips, "rfid": args.fid}
-    unavailable.update({name: why for name, why in (result.get("unavailable") or {}).items() if requested.get(name, True)})
-    metrics = {k: result[k] for k in ("psnr", "ssim", "lpips", "rfid")}
-    metrics.update(codebook_metrics(indices, model.n_embed))
-    codebook = decoder_codebook(model.quantize)  # SimVQ, FSQ: ``codebook``, not ``embedding.weight``
-    clipping = summarize_clipping(trained.clipped_fraction)
-    metrics.update(mean_code_norm=float(codebook.double().norm(dim=1).mean()),
-                   clipped_last=None if clipping is None else clipping["last"], clipping=clipping,
-                   train_seconds=trained.seconds, train_cpu_seconds=trained.cpu_seconds)
-    print(f"   PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, usage {100 * metrics['usage']:.1f}%, "
-          f"trained in {trained.seconds:.0f} s"
-          + ("" if clipping is None else f", bound clipped {100 * clipping['last']:.1f}% of codes at the last step "
-                                         f"({clipping['steps_clipping']}/{clipping['steps']} steps clipped)"), flush=True)
-    stem = f"{_slug(variant.name)}_seed{seed}"
-    container = OmegaConf.to_container(variant.config, resolve=True)
-    save_torch_atomic({"state_dict": model.state_dict(), "config": container}, out / "checkpoints" / f"{stem}.ckpt")
-    write_text_atomic(out / "checkpoints" / f"{stem}.yaml", OmegaConf.to_yaml(variant.config))
-    if trained.clipped_fraction is not None:  # the per-step log of the norm bound
-        (out / "clipping").mkdir(exist_ok=True)
-        write_text_atomic(out / "clipping" / f"{stem}.csv", "step,clipped_fraction\n" + "".join(
-            f"{step},{value:.6g}\n" for step, value in enumerate(trained.clipped_fraction.tolist(), 1)))
-    snapshot = CodebookSnapshot(
-        label=variant.label, codebook=codebook, counts=torch.bincount(indices, minlength=model.n_embed),
-        reconstructions=fake[:N_GRID_IMAGES], originals=real[:N_GRID_IMAGES],
-        radius=float(model.quantize.radius) if getattr(model.quantize, "use_bbnr", False) else None,
-        clipped_fraction=trained.clipped_fraction)
-    return metrics, snapshot
 
+def _report_text(plan: Plan, tables: Mapping[str, Mapping], unavailable: Mapping[str, str]) -> str:
+    """table.md: every table, then which metrics were not computed and which were unavailable."""
+    text = "\n".join(format_table(table, plan.dataset, plan.schedule_notes) for table in tables.values())
+    skipped = [name for name, flag in (("LPIPS", plan.lpips), ("rFID", plan.fid)) if not flag]
+    if skipped:
+        text += f"\n{' and '.join(skipped)} not computed (--lpips / --fid: slow on a CPU, need their weights).\n"
+    if unavailable:
+        text += "\nUnavailable metrics:\n" + "".join(f"- {name}: {why}\n" for name, why in unavailable.items())
+    return text
+
+
+def _save_figures(plan: Plan, snapshots: Mapping[str, Mapping[str, CodebookSnapshot]]) -> dict[str, str]:
+    """Every table's panels and per-row codebook figures, then the reconstruction grid; figure -> path."""
+    notes = [] if plan.schedule == "paper" else [f"schedule {plan.schedule} (deviation)"]
+    figures: dict[str, Path] = {}
+    for table_name, variants in plan.tables.items():
+        suffix = "" if table_name == "ablation" else f"_{table_name}"
+        figures.update(save_table_figures(snapshots[table_name], plan.out, suffix, notes))
+        figures.update(save_codebook_figures({v.slug: snapshots[table_name][v.name] for v in variants}, plan.out))
+    every_row = {name: s for table_snapshots in snapshots.values() for name, s in table_snapshots.items()}
+    originals = next(iter(every_row.values())).originals
+    figures["reconstructions"] = save_reconstruction_grid(originals, every_row, plan.out / "reconstructions.png")
+    return {name: str(path) for name, path in figures.items()}
+
+
+def _settings(plan: Plan, n_test_images: int) -> dict[str, Any]:
+    """results.json's ``settings``."""
+    return {"dataset": plan.dataset, "rows": list(plan.rows), "seeds": list(plan.seeds), "budget": plan.budget,
+            "schedule": plan.schedule, "schedule_notes": list(plan.schedule_notes), "steps": plan.steps,
+            "paper_steps": plan.paper_steps, "batch_size": plan.batch_size,
+            "sweeps": {s.key: list(s.values) for s in plan.sweeps}, "limit_train": plan.limit_train,
+            "n_test_images": n_test_images, "lpips": plan.lpips, "fid": plan.fid, "device": str(plan.device)}
+
+
+def write_report(plan: Plan, outcome: TrainingOutcome) -> None:
+    """Print the tables and write into ``plan.out`` table.md, the figures and results.json (settings,
+    machine, every table with its seeds, summaries and differences, unavailable metrics, figures)."""
+    tables = {name: build_table(name, _title(plan, name, variants, outcome.n_test_images),
+                                _reference(plan, name, variants), outcome.rows[name])
+              for name, variants in plan.tables.items()}
+    text = _report_text(plan, tables, outcome.unavailable)
+    figures = _save_figures(plan, outcome.snapshots)
+    print("\n" + text)
+    write_text_atomic(plan.out / "table.md", text)
+    machine = {**outcome.machine, "load_average_end": load_average(),
+               "wall_seconds": time.perf_counter() - outcome.started}
+    payload = {"command": list(plan.command), "settings": _settings(plan, outcome.n_test_images), "machine": machine,
+               "tables": tables, "unavailable": outcome.unavailable, "figures": figures}
+    write_text_atomic(plan.out / "results.json", json.dumps(payload, indent=2, default=float))
+    print(f"wrote {plan.out / 'results.json'}, {plan.out / 'table.md'} and {len(figures)} figures in {plan.out}")
+
+
+# ---- main ----------------------------------------------------------------------------------------
 
 def _requested_model(argv: Sequence[str]) -> str:
     """The ``--model`` of ``argv`` (``--model X`` or ``--model=X``), default ``vqvae``."""
@@ -391,99 +455,24 @@ def _requested_model(argv: Sequence[str]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    if _requested_model(sys.argv[1:] if argv is None else list(argv)) == "vqgan":
+    """``arcvq-reproduce``: plan, train, report. Returns 0, or 2 when the request is refused (before any work)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if _requested_model(arguments) == "vqgan":
         from arcvq_plugin.vqgan_bench.cli import main as vqgan_main
         return vqgan_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     validate_args(parser, args)
-    config_dir, out = args.config_dir, args.out
-    if out.exists() and any(out.iterdir()) and not args.force:
-        print(f"arcvq-reproduce: {out} is not empty (an earlier run?); pass --force to overwrite "
+    if args.out.exists() and any(args.out.iterdir()) and not args.force:
+        print(f"arcvq-reproduce: {args.out} is not empty (an earlier run?); pass --force to overwrite "
               "its results or choose another --out", file=sys.stderr)
         return 2
     try:
-        device = resolve_device(args.device)
-        plan = _plan(args, config_dir, device, args.sweep)
+        plan = make_plan(args, ["arcvq-reproduce", *arguments])
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"arcvq-reproduce: {err}", file=sys.stderr)
         return 2
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seeds = list(dict.fromkeys(args.seeds))
-    load_start = os.getloadavg()
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    first = next(iter(plan["tables"].values()))[0].config
-    test_set = instantiate_from_config(first.data.params.test)
-    test_pixels = test_set.pixels.to(device)
-
-    per_table: dict[str, dict] = {name: {} for name in plan["tables"]}
-    unavailable, snapshots, grid = {}, {name: {} for name in plan["tables"]}, None
-    total = sum(len(v) for v in plan["tables"].values())
-    start = time.perf_counter()
-    trained_once: dict[tuple[str, int], tuple[dict, CodebookSnapshot, str]] = {}
-    for seed in seeds:
-        done = 0
-        for table_name, variants in plan["tables"].items():
-            for variant in variants:
-                done += 1
-                key = (OmegaConf.to_yaml(variant.config), seed)
-                if key in trained_once:  # e.g. arc_top_k=3 and arc_m=0.1 are both the arcvq config
-                    metrics, snapshot, stem = trained_once[key]
-                    print(f"\n== [{args.dataset}] seed {seed}, row {done}/{total}: {variant.label}: the same "
-                          f"config as {stem}, not trained again ==", flush=True)
-                    metrics = {**metrics, "same_run_as": stem}
-                else:
-                    print(f"\n== [{args.dataset}] seed {seed}, row {done}/{total}: {variant.label} ({plan['steps']} "
-                          f"steps, batch {variant.config.data.params.batch_size}, {device}) ==", flush=True)
-                    metrics, snapshot = _train_and_evaluate(variant, seed, args, device, test_pixels, out, unavailable)
-                    stem = f"{_slug(variant.name)}_seed{seed}"
-                    trained_once[key] = (metrics, snapshot, stem)
-                per_table[table_name].setdefault(variant.name, {"label": variant.label, "sweep": variant.sweep,
-                                                                "seeds": {}})["seeds"][seed] = metrics
-                if seed == seeds[0]:
-                    grid = snapshot.originals if grid is None else grid
-                    snapshots[table_name][variant.name] = dataclasses.replace(snapshot, label=variant.label)
-
-    n_test = test_pixels.shape[0]
-    budget_text = (f"budget {args.budget} ({plan['steps']} steps per row, batch "
-                   f"{first.data.params.batch_size}; the paper: {plan['paper_steps']} steps, batch 1024)")
-    tables, texts, figures = {}, [], {}
-    for table_name, variants in plan["tables"].items():
-        what = "ablation" if table_name == "ablation" else f"sweep of {variants[0].sweep['key']}"
-        schedule = "" if args.schedule == "paper" else f", schedule {args.schedule} (DEVIATION from the paper)"
-        title = (f"{args.dataset} {what}: {budget_text}{schedule}, seeds {seeds}, {n_test} test images, {device}"
-                 + (f", first {args.limit_train} training images" if args.limit_train else ""))
-        reference = _reference(table_name, variants, config_dir, args.dataset)
-        tables[table_name] = build_table(table_name, title, reference, per_table[table_name])
-        texts.append(format_table(tables[table_name], args.dataset, plan["notes"]))
-        suffix = "" if table_name == "ablation" else f"_{table_name}"
-        row_snaps = {_slug(name): snap for name, snap in snapshots[table_name].items()}
-        figures.update({k: str(v) for k, v in save_table_figures(snapshots[table_name], out, suffix,
-                                                                 [] if args.schedule == "paper" else [f"schedule {args.schedule} (deviation)"]).items()})
-        figures.update({k: str(v) for k, v in save_codebook_figures(row_snaps, out).items()})
-    text = "\n".join(texts)
-    skipped = [name for name, flag in (("LPIPS", args.lpips), ("rFID", args.fid)) if not flag]
-    if skipped:
-        text += f"\n{' and '.join(skipped)} not computed (--lpips / --fid: slow on a CPU, need their weights).\n"
-    if unavailable:
-        text += "\nUnavailable metrics:\n" + "".join(f"- {name}: {why}\n" for name, why in unavailable.items())
-    print("\n" + text)
-    write_text_atomic(out / "table.md", text)
-    all_snaps = {name: snap for snaps in snapshots.values() for name, snap in snaps.items()}
-    figures["reconstructions"] = str(save_reconstruction_grid(grid, all_snaps, out / "reconstructions.png"))
-    machine = machine_description(device)
-    machine.update(load_average_start=list(load_start), load_average_end=list(os.getloadavg()),
-                   wall_seconds=time.perf_counter() - start)
-    payload = {"command": ["arcvq-reproduce", *(sys.argv[1:] if argv is None else argv)],
-               "settings": {"dataset": args.dataset, "rows": plan["rows"], "seeds": seeds, "budget": args.budget,
-                            "schedule": args.schedule, "schedule_notes": plan["notes"], "steps": plan["steps"],
-                            "paper_steps": plan["paper_steps"], "batch_size": int(first.data.params.batch_size),
-                            "sweeps": {s.key: list(s.values) for s in args.sweep}, "limit_train": args.limit_train,
-                            "n_test_images": n_test, "lpips": args.lpips, "fid": args.fid, "device": str(device)},
-               "machine": machine, "tables": tables, "unavailable": unavailable, "figures": figures}
-    write_text_atomic(out / "results.json", json.dumps(payload, indent=2, default=float))
-    print(f"wrote {out / 'results.json'}, {out / 'table.md'} and {len(figures)} figures in {out}")
+    write_report(plan, train(plan))
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 
 from scipy.stats import t as student_t
 
-__all__ = ["CONFIDENCE", "MIN_SEEDS_FOR_INTERVAL_NOTE", "paired_difference", "seed_summary", "t_quantile"]
+__all__ = ["CONFIDENCE", "MIN_SEEDS_FOR_INTERVAL_NOTE", "mean_std", "paired_difference", "seed_summary", "t_quantile"]
 
 CONFIDENCE = 0.95
 MIN_SEEDS_FOR_INTERVAL_NOTE = 3
@@ -34,8 +34,11 @@ def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
     return float(student_t.ppf(0.5 + confidence / 2.0, df))
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    """``(mean, sample std (ddof 1))`` of n >= 1 values, summed exactly (``math.fsum``); std is None for n = 1."""
     n = len(values)
+    if n == 0:
+        raise ValueError("mean_std needs at least one value")
     mean = math.fsum(values) / n
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return mean, std
@@ -50,7 +53,7 @@ def seed_summary(values: Sequence[Optional[float]]) -> dict:
         raise ValueError("values must hold at least one seed's value")
     if any(v is None for v in values):
         return {"mean": None, "std": None, "n": len(values)}
-    mean, std = _mean_std([float(v) for v in values])
+    mean, std = mean_std([float(v) for v in values])
     return {"mean": mean, "std": std, "n": len(values)}
 
 
@@ -70,7 +73,7 @@ def paired_difference(reference: Mapping[int, Optional[float]], other: Mapping[i
         return None
     differences = [float(reference[s]) - float(other[s]) for s in seeds]
     n = len(differences)
-    mean, std = _mean_std(differences)
+    mean, std = mean_std(differences)
     result = {"seeds": seeds, "differences": differences, "n": n, "mean": mean, "std": std,
               "interval": None, "t": None, "resolved": None, "note": None}
     if n == 1:
