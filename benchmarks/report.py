@@ -3,7 +3,7 @@ under that device's heading in ``docs/BENCHMARKS.md``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .arc_loss_memory import ArcLossResult
 from .devices import DEVICES, NOT_MEASURED_MARK
@@ -31,7 +31,7 @@ class DeviceRun:
     """Everything one ``python -m benchmarks --device ...`` run measured."""
 
     plan: Plan
-    machine: Mapping[str, str]
+    machine: Mapping[str, Any]
     command: str
     minutes: float
     vq_version: Optional[str]
@@ -227,6 +227,23 @@ CUDA_METHOD = """
 """
 
 
+def machine_rows(machine: Mapping[str, Any]) -> dict[str, str]:
+    """The rows of the "Machine and command" table from a :func:`arcvq_plugin.machine.machine_description`."""
+    memory = machine.get("memory_gib")
+    rows = {"CPU": str(machine["cpu_model"]), "cores": str(machine["cpu_count"]),
+            "memory": "unknown" if memory is None else f"{memory:.1f} GiB"}
+    if machine.get("gpu") is None:
+        rows["GPU"] = "none used (CPU run)"
+    else:
+        rows["GPU"] = str(machine["gpu"])
+        rows["CUDA (torch build) / cuDNN"] = f"{machine['cuda_build']} / {machine['cudnn']}"
+        rows["TF32 (matmul / cuDNN)"] = f"{machine['tf32_matmul']} / {machine['tf32_cudnn']}"
+    rows.update({"python": str(machine["python"]), "torch": str(machine["torch"]),
+                 "torch intra-op threads": str(machine["torch_threads"]),
+                 "load average at start (1, 5, 15 min)": ", ".join(f"{x:.1f}" for x in machine["load_average_start"])})
+    return rows
+
+
 def render_section(run: DeviceRun) -> str:
     """The markdown of ``run``'s device section (without the heading :mod:`benchmarks.document` adds)."""
     plan = run.plan
@@ -234,7 +251,7 @@ def render_section(run: DeviceRun) -> str:
     if plan.quick:
         lines += ["**Toy sizes (`--quick`): a smoke run; these figures say nothing about the targets.**", ""]
     lines += ["### Machine and command", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in run.machine.items()]
+    lines += [f"| {label} | {value} |" for label, value in machine_rows(run.machine).items()]
     lines += [f"| vector-quantize-pytorch | {run.vq_version or 'not installed'} |",
               f"| command | `{run.command}` |", f"| total run time | {run.minutes:.1f} min |", ""]
     lines += ["### Targets", ""]

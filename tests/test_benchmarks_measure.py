@@ -11,7 +11,8 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from benchmarks import __main__ as cli
 from benchmarks import arc_loss_memory, measure, quantizers, train_step
 from benchmarks.document import parse_sections
-from benchmarks.measure import Comparison, Interval, interleaved, is_out_of_memory, peak_memory, timed
+from benchmarks.measure import (Comparison, Interval, interleaved, is_out_of_memory, machine_description,
+                                peak_memory, timed)
 from benchmarks.plans import plan_for
 from benchmarks.report import DeviceRun, render_section
 
@@ -188,7 +189,7 @@ def test_quantizers_report_an_arm_out_of_memory_and_a_non_finite_one(monkeypatch
     result = quantizers.run_case(case, "bf16", 1, CPU)
     assert result.finite["VectorQuantizer2"] is False and result.finite["ArcQuantizer chunked"] is True
     plan = plan_for("cpu", quick=True)
-    text = render_section(DeviceRun(plan, {}, "cmd", 0.1, None, [], [], [result]))
+    text = render_section(DeviceRun(plan, machine_description(), "cmd", 0.1, None, [], [], [result]))
     assert "| NO: VectorQuantizer2 |" in text
     with pytest.raises(ValueError, match="dtype must be one of"):
         quantizers.run_case(case, "fp16", 1, CPU)
@@ -198,7 +199,7 @@ def test_quantizers_without_vector_quantize_pytorch(monkeypatch, one_thread):
     monkeypatch.setattr(quantizers, "vector_quantize_available", lambda: False)
     result = quantizers.run_case(quantizers.QuantizerCase(32, 4, 2, 4, 8), "fp32", 1, CPU)
     assert sorted(result.seconds.samples) == ["ArcQuantizer", "ArcQuantizer chunked", "VectorQuantizer2"]
-    text = render_section(DeviceRun(plan_for("cpu", quick=True), {}, "cmd", 0.1, None, [], [], [result]))
+    text = render_section(DeviceRun(plan_for("cpu", quick=True), machine_description(), "cmd", 0.1, None, [], [], [result]))
     assert "vector-quantize-pytorch is not installed" in text
     assert re.search(r"\| 32 \| 4 \| 32 \| 8 \| fp32 \|( [\d.]+; [\d.]+ - [\d.]+ \|){3} not installed \| - \| - \| yes \|",
                      text)
@@ -210,13 +211,14 @@ def test_run_checks_arguments_first_writes_its_section_and_restores_threads(tmp_
 
     def fake_measure(plan, run_threads, command):
         seen["threads"] = torch.get_num_threads()
-        return DeviceRun(plan, {"CPU": "test"}, command, 0.0, None, [], [], [])
+        return DeviceRun(plan, machine_description(), command, 0.0, None, [], [], [])
 
     monkeypatch.setattr(cli, "measure", fake_measure)
     output = tmp_path / "B.md"
     text = cli.run(quick=True, output=output, threads=1, device="cpu")
     assert seen["threads"] == 1 and torch.get_num_threads() == threads
-    assert output.read_text() == text and "| CPU | test |" in parse_sections(text)["cpu"]
+    assert output.read_text() == text
+    assert f"| CPU | {machine_description()['cpu_model']} |" in parse_sections(text)["cpu"]
     refusals = [({"threads": 0}, "threads must be >= 1"), ({"device": "tpu"}, "device must be one of")]
     if not torch.cuda.is_available():
         refusals.append(({"device": "cuda"}, "torch sees no CUDA device"))

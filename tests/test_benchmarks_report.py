@@ -3,6 +3,7 @@ the sections of both devices, and docs/BENCHMARKS.md's per-device sections (each
 when the other is written; nothing outside the written section changed; nothing that is not a
 report overwritten)."""
 import os
+import re
 
 import pytest
 
@@ -12,11 +13,15 @@ from benchmarks.document import NOT_MEASURED_MARK, compose, copy_section, parse_
 from benchmarks.measure import Comparison
 from benchmarks.plans import plan_for
 from benchmarks.quantizers import QuantizerCase, QuantizerResult
-from benchmarks.report import DeviceRun, not_measured_sections, render_section
+from benchmarks.report import DeviceRun, machine_rows, not_measured_sections, render_section
 from benchmarks.targets import GIB, check_targets
 from benchmarks.train_step import TrainStepResult
 
+from arcvq_plugin.machine import machine_description
+
 OOM = "out of memory (CUDA out of memory. Tried to allocate 12.21 GiB)"
+H200_MACHINE = {**machine_description(), "device": "cuda:0", "cuda": "NVIDIA H200", "cuda_build": "13.0",
+                "cudnn": 91300, "gpu": "NVIDIA H200 (140 GiB, compute capability 9.0, 132 multiprocessors)"}
 
 
 def comparison(failures=None, **medians):
@@ -52,7 +57,7 @@ def cuda_run(step_ratio=1.01, chunked_16k_gib=0.2, chunked_100k_gib=1.5, bf16_fi
                   quantizer(16384, 16, dtype, 2.4, chunked_16k_gib, dense_fails=dense_16k_fails),
                   quantizer(16384, 256, dtype, 2.6, chunked_16k_gib),
                   quantizer(100000, 8, dtype, 15.0, chunked_100k_gib, dense_fails=dense_100k_fails)]
-    return DeviceRun(plan, {"GPU": "NVIDIA H200"}, "python -m benchmarks --device cuda", 3.0, "1.32.0",
+    return DeviceRun(plan, H200_MACHINE, "python -m benchmarks --device cuda", 3.0, "1.32.0",
                      train, arc, quant)
 
 
@@ -164,3 +169,13 @@ def test_copy_section_from_a_run_elsewhere(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         document.main(["--device", "cuda", "--from", str(tmp_path / "missing.md"), "--into", str(docs)])
     assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_the_machine_table_names_cpu_cores_memory_gpu_and_load():
+    gpu_text = render_section(cuda_run())
+    assert "| GPU | NVIDIA H200 (140 GiB, compute capability 9.0, 132 multiprocessors) |" in gpu_text
+    assert "| CUDA (torch build) / cuDNN | 13.0 / 91300 |" in gpu_text
+    cpu_rows = machine_rows(machine_description())
+    assert cpu_rows["GPU"] == "none used (CPU run)" and cpu_rows["cores"].isdigit()
+    assert list(cpu_rows)[:4] == ["CPU", "cores", "memory", "GPU"] and cpu_rows["memory"].endswith(" GiB")
+    assert re.fullmatch(r"\d+\.\d, \d+\.\d, \d+\.\d", cpu_rows["load average at start (1, 5, 15 min)"])

@@ -40,7 +40,8 @@ from arcvq_plugin.vqvae.budget import BUDGETS
 from arcvq_plugin.vqvae.figures import (CodebookSnapshot, save_learning_curves, save_reconstruction_grid,
                                         save_table_figures)
 from arcvq_plugin.vqvae.report import ROW_LABELS, build_table, format_curve_differences, format_table
-from arcvq_plugin.vqvae.reproduce import machine_description, seed_argument
+from arcvq_plugin.machine import machine_description
+from arcvq_plugin.vqvae.reproduce import seed_argument
 
 __all__ = ["DEFAULT_ROWS", "available_rows", "build_parser", "default_config_dir", "main", "row_config"]
 
