@@ -5,10 +5,10 @@
 - :func:`codebook_statistics`, :func:`clock_start`: the codebook under ArcVQ's geometry.
 - :class:`ConversionError`: why a checkpoint cannot be converted (a ``ValueError``).
 """
-from .checkpoint_io import ConversionError, load_checkpoint
+from .checkpoint_io import ConversionError
 from .codebook import clock_start, codebook_statistics
 from .converter import convert_checkpoint
 from .layout import KNOWN_LAYOUTS, VQLayout, detect_layout
 
 __all__ = ["ConversionError", "KNOWN_LAYOUTS", "VQLayout", "clock_start", "codebook_statistics",
-           "convert_checkpoint", "detect_layout", "load_checkpoint"]
+           "convert_checkpoint", "detect_layout"]

@@ -30,7 +30,7 @@ from ..config import instantiate_from_config
 from ..schedules import arc_weight as arc_weight_at
 from ..schedules import radius as radius_at
 from ..atomic_outputs import save_torch
-from .checkpoint_io import AtomicOutputs, ConversionError, check_finite, load_checkpoint
+from .checkpoint_io import AtomicOutputs, ConversionError, check_finite, read_source_checkpoint
 from .codebook import CODEBOOK_MODES, check_codebook_norms, clip_to_unit_ball, clock_start, codebook_statistics, is_inside_bound, row_norms
 from .image_check import compare_on_images, load_image_folder, reconstruct
 from .layout import FAMILIES, VQLayout, detect_layout
@@ -231,7 +231,7 @@ def convert_checkpoint(
     _refuse_same_file(source_path, [output_path, config_path, report_path])
     outputs = AtomicOutputs({"ckpt": output_path, "yaml": config_path, "report": report_path}, force=force)
 
-    loaded = load_checkpoint(source_path, trust_checkpoint=trust_checkpoint)
+    loaded = read_source_checkpoint(source_path, trust_checkpoint=trust_checkpoint)
     if not loaded.weights_only:
         log(f"note: {source_path} was loaded with weights_only=False (--trust-checkpoint) because it pickles "
             f"{', '.join(loaded.unsafe_globals) or 'non-tensor objects'}; the output holds tensors and plain data only")
@@ -316,7 +316,7 @@ def _verify(ckpt: Path, yaml_path: Path, source: dict[str, torch.Tensor], layout
 
     Returns the checks made and the converted VQ model (eval mode).
     """
-    reloaded = load_checkpoint(ckpt, trust_checkpoint=False).state_dict
+    reloaded = read_source_checkpoint(ckpt, trust_checkpoint=False).state_dict
     copied = _check_copied(source, reloaded, layout, first_stage_only)
     node = vq_model_node(OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=True))
     model = build_vq_model(node, _vq_part(reloaded, layout.prefix if in_place_ldm else ""))
