@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: convert with the parsed options; the report is printed (and written as JSON);
+    returns the exit status of the module docstring."""
     args = build_parser().parse_args(argv)
     try:
         convert_checkpoint(
