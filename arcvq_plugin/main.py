@@ -209,9 +209,10 @@ def _train(argv: Optional[Sequence[str]]) -> pl.Trainer:
     model = instantiate_from_config(config.model)
     weights_only = None
     if ckpt is not None:
-        checkpoint, weights_only = load_checkpoint(ckpt, opt.trust_checkpoint)
-        check_state_dict_matches(model, checkpoint, ckpt)
-        del checkpoint
+        loaded = load_checkpoint(ckpt, opt.trust_checkpoint)
+        check_state_dict_matches(model, loaded.content, ckpt)
+        weights_only = loaded.weights_only
+        del loaded
 
     logger_cfg = OmegaConf.merge(
         {"target": "pytorch_lightning.loggers.TensorBoardLogger", "params": {"save_dir": logdir, "name": "tensorboard"}},

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from arcvq_plugin.atomic_outputs import AtomicOutputs, StagedFolder, check_output_path
+from arcvq_plugin.checkpoint_loading import TRUST_CHECKPOINT_HELP
 from arcvq_plugin.inference import check_images
 
 __all__ = [
@@ -231,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--ckpt", required=True, help="its checkpoint (Lightning .ckpt or state dict)")
         command.add_argument("--batch_size", type=int, default=32)
         command.add_argument("--device", default="cpu")
-        command.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
+        command.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
         command.add_argument("--force", action="store_true", help="overwrite existing outputs")
         command.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     export = sub.choices["export"]

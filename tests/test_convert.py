@@ -138,7 +138,7 @@ def test_converts_every_layout(tmp_path, sources, name):
     assert set(written) == set(source) | {"quantize.clock"}
     for key, tensor in source.items():  # codebook kept too (keep mode, all norms tiny: t0 = 0)
         assert written[key].dtype == tensor.dtype and torch.equal(written[key], tensor), key
-    assert int(written["quantize.clock"]) == report["conversion"]["clock_start"] == 0
+    assert int(written["quantize.clock"]) == report.conversion.clock_start == 0
     config = OmegaConf.load(tmp_path / "out.yaml")
     assert config.model.target == TARGETS[family]
     assert config.model.params.quantizer_config.target == "arcvq_plugin.ArcQuantizer"
@@ -159,7 +159,7 @@ def test_full_ldm_checkpoint_in_place_and_first_stage_only(tmp_path, sources):
     written = load_out(tmp_path / "arc.ckpt")["state_dict"]
     assert set(written) == set(full) | {prefix + "quantize.clock"}
     assert all(torch.equal(written[k], v) for k, v in full.items())  # keep: codebook bit for bit too
-    assert int(written[prefix + "quantize.clock"]) == report["conversion"]["clock_start"] > 0
+    assert int(written[prefix + "quantize.clock"]) == report.conversion.clock_start > 0
     override = OmegaConf.load(tmp_path / "arc.yaml")
     assert override.model.params.first_stage_config.target == "arcvq_plugin.ldm.VQModelInterface"
     assert override.model.params.first_stage_config.params.lossconfig.target == "torch.nn.Identity"
@@ -222,7 +222,7 @@ def test_old_lightning_pickles_need_trust(tmp_path, sources):
         convert_checkpoint(src, tmp_path / "out.ckpt", log=lambda _: None)
     messages = []
     report = convert_checkpoint(src, tmp_path / "out.ckpt", trust_checkpoint=True, log=messages.append)
-    assert report["input_loaded_with_weights_only"] is False
+    assert report.input_loaded_with_weights_only is False
     assert any("weights_only=False" in m and "OldCallbackState" in m for m in messages)
     assert "callbacks" not in load_out(tmp_path / "out.ckpt")  # output loads with weights_only=True
 
@@ -255,7 +255,7 @@ def test_drop_loss(tmp_path, sources):
     report = convert_checkpoint(src, tmp_path / "out.ckpt", drop_loss=True, log=lambda _: None)
     written = load_out(tmp_path / "out.ckpt")["state_dict"]
     assert not any(k.startswith("loss.") for k in written)
-    assert report["tensors"]["dropped"] == sum(k.startswith("loss.") for k in sources["vq-f8-n256"])
+    assert report.tensors.dropped == sum(k.startswith("loss.") for k in sources["vq-f8-n256"])
 
 
 # ---- codebook geometry -----------------------------------------------------------------------
@@ -282,10 +282,10 @@ def test_arc_weight_restart_gives_full_weight_at_t0(tmp_path, sources):
     src = save(tmp_path / "in.ckpt", with_codebook(sources["vq-f8-n256"], random_codebook(256, 4)))
     clock = convert_checkpoint(src, tmp_path / "a.ckpt", log=lambda _: None)
     restart = convert_checkpoint(src, tmp_path / "b.ckpt", arc_weight="restart", log=lambda _: None)
-    t0 = clock["conversion"]["clock_start"]
-    assert clock["conversion"]["arc_weight_at_start"] == pytest.approx(math.exp(-1e-4 * t0), rel=1e-6)
-    assert any("effectively off" in w for w in clock["warnings"])
-    assert restart["conversion"]["arc_weight_at_start"] == pytest.approx(1.0, rel=1e-6)
+    t0 = clock.conversion.clock_start
+    assert clock.conversion.arc_weight_at_start == pytest.approx(math.exp(-1e-4 * t0), rel=1e-6)
+    assert any("effectively off" in w for w in clock.warnings)
+    assert restart.conversion.arc_weight_at_start == pytest.approx(1.0, rel=1e-6)
     node = vq_model_node(OmegaConf.to_container(OmegaConf.load(tmp_path / "b.yaml")))
     model = build_vq_model(node, load_out(tmp_path / "b.ckpt")["state_dict"])
     assert float(model.quantize.arc_weight) == pytest.approx(1.0, rel=1e-6)
@@ -309,7 +309,7 @@ def test_codebook_statistics_find_duplicates():
 def test_equal_norms_keep_reconstructs_bit_for_bit(tmp_path, sources, image_folder):
     src = save(tmp_path / "in.ckpt", with_codebook(sources["vq-f8-n256"], random_codebook(256, 4, norms="equal")))
     report = convert_checkpoint(src, tmp_path / "out.ckpt", images=image_folder, image_size=32, log=lambda _: None)
-    images = report["images"]
+    images = report.images
     assert images["tokens"] == 3 * 4 * 4 and images["tokens_changed"] == 0
     assert images["identical"] and images["psnr_before"] == images["psnr_after"]
 
@@ -320,9 +320,9 @@ def test_unit_ball_keeps_tokens_but_changes_reconstructions(tmp_path, sources, i
                                 log=lambda _: None)
     codebook = load_out(tmp_path / "out.ckpt")["state_dict"]["quantize.embedding.weight"]
     assert torch.allclose(codebook.norm(dim=1), torch.ones(256), atol=1e-6)
-    assert report["conversion"]["clock_start"] == 0 and report["conversion"]["codes_rescaled"] == 256
-    assert report["images"]["tokens_changed"] == 0 and not report["images"]["identical"]
-    assert any("unit ball" in w for w in report["warnings"])
+    assert report.conversion.clock_start == 0 and report.conversion.codes_rescaled == 256
+    assert report.images["tokens_changed"] == 0 and not report.images["identical"]
+    assert any("unit ball" in w for w in report.warnings)
 
 
 def test_unequal_norms_token_changes_match_direct_count(tmp_path, sources, image_folder):
@@ -339,7 +339,7 @@ def test_unequal_norms_token_changes_match_direct_count(tmp_path, sources, image
     codebook = source["quantize.embedding.weight"]
     by_l2 = torch.cdist(latents, codebook).argmin(dim=1)
     by_cosine = (torch.nn.functional.normalize(latents, dim=1) @ torch.nn.functional.normalize(codebook, dim=1).T).argmax(1)
-    assert report["images"]["tokens_changed"] == int((by_l2 != by_cosine).sum()) > 0
+    assert report.images["tokens_changed"] == int((by_l2 != by_cosine).sum()) > 0
     _, indices = reconstruct(model, batch)
     assert torch.equal(indices, by_cosine)
 
@@ -350,7 +350,7 @@ def test_yaml_ckpt_path_initialises_the_model(tmp_path, sources):
     config = OmegaConf.load(tmp_path / "out.yaml")
     config.model.params.lossconfig = IDENTITY
     model = instantiate_from_config(config.model)
-    assert int(model.quantize.clock) == report["conversion"]["clock_start"] > 0
+    assert int(model.quantize.clock) == report.conversion.clock_start > 0
     assert torch.equal(model.quantize.embedding.weight.detach(), random_codebook(1024, 256))
 
 

@@ -105,7 +105,7 @@ def test_a_converted_checkpoint_fine_tunes_with_the_discriminator_from_disc_star
     torch.save({"state_dict": state, "global_step": 5000}, tmp_path / "vqgan.ckpt")
     report = convert_checkpoint(tmp_path / "vqgan.ckpt", tmp_path / "arc.ckpt", resolution=32,
                                 bbnr_alpha=3e-4, near_duplicate_cosine=None, log=lambda _: None)
-    t0 = report["conversion"]["clock_start"]
+    t0 = report.conversion.clock_start
     assert t0 > 1000
 
     model, config = tiny_model("arcvq", [f"model.params.ckpt_path={tmp_path / 'arc.ckpt'}",

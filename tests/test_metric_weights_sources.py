@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from arcvq_plugin.evaluation.weights import SourceFile, SourceUnavailable, locate_source
+from arcvq_plugin.evaluation.weight_sources import SourceFile, SourceUnavailable, locate_source
 
 PAYLOAD = b"pretend weights"
 

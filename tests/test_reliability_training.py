@@ -197,7 +197,7 @@ def planted_checkpoint(run: Path, marker: Path) -> Path:
 def test_checkpoints_that_pickle_calls_are_refused_before_anything_runs(tmp_path, capsys):
     assert train(tmp_path, "--no-test") == 0
     run = run_dir(tmp_path)
-    assert isinstance(load_checkpoint(run / "checkpoints" / "last.ckpt")[0], dict)  # own checkpoint: no flag
+    assert isinstance(load_checkpoint(run / "checkpoints" / "last.ckpt").content, dict)  # own checkpoint: no flag
     marker = tmp_path / "code_ran"
     planted = planted_checkpoint(run, marker)
     assert cli(["-r", str(planted), "-t"]) == 2

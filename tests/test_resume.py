@@ -20,7 +20,8 @@ COMMON = ["--base", TINY_ARCVQ, "-t", "--enable_progress_bar", "false",
 
 def last_checkpoint(logdir: Path, name: str) -> tuple[dict, bool]:
     (run,) = glob.glob(str(logdir / f"*_{name}"))
-    return load_checkpoint(str(Path(run) / "checkpoints" / "last.ckpt"))
+    loaded = load_checkpoint(str(Path(run) / "checkpoints" / "last.ckpt"))
+    return loaded.content, loaded.weights_only
 
 
 def assert_tensors_equal(a, b, where: str) -> None:

@@ -1,9 +1,10 @@
-"""Reading users' checkpoints deliberately and publishing new files atomically.
+"""Reading the checkpoint to convert and publishing new files atomically.
 
-Reading: torch >= 2.6 loads with ``weights_only=True``, which refuses checkpoints written by old
-Lightning releases (they pickle callback classes, ``argparse.Namespace`` hyper-parameters, ...).
-``load_checkpoint`` tries ``weights_only=True`` first and falls back to ``weights_only=False``
-only when the caller says the file is trusted (``--trust-checkpoint``), reporting that it did.
+Reading: :func:`read_source_checkpoint` reads the file through the project's one loader,
+:func:`arcvq_plugin.checkpoint_loading.load_checkpoint` (tensors only unless
+``--trust-checkpoint``; a file that pickles other objects is refused naming its globals), splits
+it into the state dict and the other top-level entries, and reports every reading failure as a
+:class:`ConversionError`.
 
 Writing: :class:`arcvq_plugin.atomic_outputs.AtomicOutputs` (re-exported here) hands out
 temporary paths in the destination folders; nothing appears under the final names until
@@ -13,7 +14,6 @@ exception or Ctrl-C before that removes the temporary files and leaves every exi
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,8 +21,9 @@ from typing import Any, Mapping
 import torch
 
 from ..atomic_outputs import AtomicOutputs
+from ..checkpoint_loading import CheckpointReadError, load_checkpoint
 
-__all__ = ["ConversionError", "LoadedCheckpoint", "check_finite", "load_checkpoint", "AtomicOutputs"]
+__all__ = ["AtomicOutputs", "ConversionError", "SourceCheckpoint", "check_finite", "read_source_checkpoint"]
 
 
 class ConversionError(ValueError):
@@ -30,38 +31,25 @@ class ConversionError(ValueError):
 
 
 @dataclass
-class LoadedCheckpoint:
-    """A checkpoint read from disk.
+class SourceCheckpoint:
+    """The checkpoint to convert, as read from disk.
 
     Attributes:
         state_dict: name -> tensor (the ``"state_dict"`` entry of a Lightning checkpoint, or the
             file's dict itself when it holds tensors directly).
         top_level: the file's other top-level entries (epoch, global_step, ...), untouched.
         weights_only: False when the file was read with ``weights_only=False`` (trusted pickle).
-        unsafe_globals: the non-tensor classes/functions that made ``weights_only=True`` fail.
+        unsafe_globals: the non-tensor classes/functions that made ``weights_only=True`` refuse it.
     """
 
     state_dict: dict[str, torch.Tensor]
     top_level: dict[str, Any]
     weights_only: bool
-    unsafe_globals: list[str]
+    unsafe_globals: tuple[str, ...]
 
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-
-
-def _unsafe_globals(path: Path, message: str) -> list[str]:
-    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if finder is not None:
-        try:
-            return sorted(finder(str(path)))
-        except Exception:  # noqa: BLE001 - the message below still names one global
-            pass
-    return _UNSAFE_GLOBAL.findall(message)
-
-
-def load_checkpoint(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> LoadedCheckpoint:
-    """Load ``path`` on the CPU, ``weights_only=True`` first.
+def read_source_checkpoint(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> SourceCheckpoint:
+    """Read ``path`` on the CPU with :func:`arcvq_plugin.checkpoint_loading.load_checkpoint` and split it.
 
     Args:
         path: a ``torch.save`` file (Lightning checkpoint or a plain state dict).
@@ -74,36 +62,12 @@ def load_checkpoint(path: str | os.PathLike, *, trust_checkpoint: bool = False) 
             tensors in it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"input checkpoint {str(path)!r} does not exist or is not a file")
-    weights_only, unsafe = True, []
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several types for unreadable files
-        message = str(err)
-        if "Unsupported global" not in message:
-            raise ConversionError(
-                f"cannot read {str(path)!r}: it is not a readable torch checkpoint (corrupt or truncated "
-                f"file?): {type(err).__name__}: {message.splitlines()[0][:300]}"
-            ) from err
-        unsafe = _unsafe_globals(path, message)
-        if not trust_checkpoint:
-            raise ConversionError(
-                f"{str(path)!r} holds pickled Python objects besides tensors ({', '.join(unsafe) or 'unknown'}), "
-                "as checkpoints of old pytorch-lightning releases do (callbacks, hyper-parameters). torch >= 2.6 "
-                "refuses them with weights_only=True. If you trust where the file comes from, rerun with "
-                "--trust-checkpoint (library: trust_checkpoint=True) to load it with weights_only=False, "
-                "which can execute code stored in the file."
-            ) from err
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err2:  # noqa: BLE001
-            raise ConversionError(
-                f"cannot read {str(path)!r} even with weights_only=False: {type(err2).__name__}: {err2}"
-            ) from err2
-        weights_only = False
-    state_dict, top_level = _split(obj, path)
-    return LoadedCheckpoint(state_dict, top_level, weights_only, unsafe)
+        loaded = load_checkpoint(path, trust_checkpoint)
+    except CheckpointReadError as err:
+        raise ConversionError(str(err)) from err
+    state_dict, top_level = _split(loaded.content, path)
+    return SourceCheckpoint(state_dict, top_level, loaded.weights_only, loaded.unsafe_globals)
 
 
 def check_finite(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:

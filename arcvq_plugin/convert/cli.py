@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ..checkpoint_loading import TRUST_CHECKPOINT_HELP
 from .codebook import CODEBOOK_MODES
 from .converter import ARC_WEIGHT_MODES, convert_checkpoint
 from .layout import FAMILIES
@@ -63,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-near-duplicates", action="store_true",
                         help="skip the K x K near-duplicate scan (seconds to minutes for K=16384 on a CPU)")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="if torch's weights_only=True load refuses INPUT (old Lightning pickles), load it with "
-                             "weights_only=False: only for files from a source you trust")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: convert with the parsed options; the report is printed (and written as JSON);
+    returns the exit status of the module docstring."""
     args = build_parser().parse_args(argv)
     try:
         convert_checkpoint(

@@ -17,6 +17,7 @@ the yaml's model class, checked bit for bit and decoded to finite images.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,17 +31,148 @@ from ..config import instantiate_from_config
 from ..schedules import arc_weight as arc_weight_at
 from ..schedules import radius as radius_at
 from ..atomic_outputs import save_torch
-from .checkpoint_io import AtomicOutputs, ConversionError, check_finite, load_checkpoint
+from .checkpoint_io import AtomicOutputs, ConversionError, SourceCheckpoint, check_finite, read_source_checkpoint
 from .codebook import CODEBOOK_MODES, check_codebook_norms, clip_to_unit_ball, clock_start, codebook_statistics, is_inside_bound, row_norms
 from .image_check import compare_on_images, load_image_folder, reconstruct
 from .layout import FAMILIES, VQLayout, detect_layout
 from .model_config import build_vq_model, model_config, quantizer_config, vq_model_node
 
-__all__ = ["ARC_WEIGHT_MODES", "convert_checkpoint", "default_side_paths"]
+__all__ = ["ARC_WEIGHT_MODES", "CodebookConversion", "ConversionReport", "LayoutSummary", "TensorCounts",
+           "VerificationChecks", "convert_checkpoint", "default_side_paths", "format_report"]
 
 ARC_WEIGHT_MODES = ("clock", "restart")
 MAX_RESTART_EXPONENT = 700.0  # exp(700) is finite in float64; beyond, arc_gamma would overflow
 WEAK_ARC_WEIGHT = 1e-3
+
+
+@dataclasses.dataclass
+class LayoutSummary:
+    """The recognised architecture, as the report states it.
+
+    Attributes:
+        name: the known layout the keys and shapes match (e.g. ``"vq-f8-n256"``).
+        family: ``"taming"`` or ``"ldm"``: which model classes the yaml targets.
+        full_ldm: the input is a whole LatentDiffusion checkpoint (``first_stage_model.*``).
+        first_stage_only: only the first stage of a full LDM was written.
+        prefix: the key prefix of the VQ model inside the input (``""`` or ``"first_stage_model."``).
+        n_embed, embed_dim: codebook size and code dimension.
+        ddconfig: the encoder / decoder settings read from the shapes.
+        target: the model class of the written yaml.
+        notes: remarks on how the layout was recognised.
+    """
+
+    name: str
+    family: str
+    full_ldm: bool
+    first_stage_only: bool
+    prefix: str
+    n_embed: int
+    embed_dim: int
+    ddconfig: dict[str, Any]
+    target: str
+    notes: list[str]
+
+
+@dataclasses.dataclass
+class CodebookConversion:
+    """How the codebook and the shared clock were set (see the module docstring).
+
+    Attributes:
+        codebook_mode: ``"keep"`` or ``"unit-ball"``.
+        bbnr_alpha: alpha of the norm bound R(t) = exp(alpha t).
+        clock_start: t0, the clock the converted quantiser starts at.
+        radius_at_start: R(t0).
+        max_norm_after: the largest code norm of the written codebook.
+        codes_rescaled: codes the conversion changed (``unit-ball`` shortens codes longer than 1).
+        arc_weight_mode: ``"clock"`` or ``"restart"``.
+        arc_gamma_requested: the ArcLoss weight gamma0 asked for.
+        arc_gamma_written: the ``arc_gamma`` the yaml holds (differs from the request under ``restart``).
+        arc_gamma_decay: delta of lambda(t) = arc_gamma exp(-delta t).
+        arc_weight_at_start: lambda(t0), the ArcLoss weight of the first fine-tuning step.
+    """
+
+    codebook_mode: str
+    bbnr_alpha: float
+    clock_start: int
+    radius_at_start: float
+    max_norm_after: float
+    codes_rescaled: int
+    arc_weight_mode: str
+    arc_gamma_requested: float
+    arc_gamma_written: float
+    arc_gamma_decay: float
+    arc_weight_at_start: float
+
+
+@dataclasses.dataclass
+class TensorCounts:
+    """What happened to the input's tensors.
+
+    Attributes:
+        dropped: tensors left out (``loss.*`` with ``drop_loss``, everything but the first stage
+            with ``first_stage_only``).
+        dropped_loss: whether ``loss.*`` tensors were dropped.
+        copied_bit_for_bit: tensors written unchanged (checked after reloading the written file).
+    """
+
+    dropped: int
+    dropped_loss: bool
+    copied_bit_for_bit: int
+
+
+@dataclasses.dataclass
+class VerificationChecks:
+    """The checks made on the written files before they were published (each one must pass).
+
+    Attributes:
+        reloaded_weights_only: the written checkpoint reloads with ``weights_only=True``.
+        model_class: the model class the yaml builds, with the written weights loaded strictly.
+        clock: the built quantiser's clock (equals t0).
+        codebook_inside_bound: the norm bound at t0 leaves the codebook unchanged.
+        decodes_finite: the built model decodes probe images to finite values.
+    """
+
+    reloaded_weights_only: bool
+    model_class: str
+    clock: int
+    codebook_inside_bound: bool
+    decodes_finite: bool
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What :func:`convert_checkpoint` did; written as JSON (:meth:`to_dict`) beside the outputs.
+
+    Attributes:
+        input, output, config: the input checkpoint, the converted checkpoint and its yaml.
+        input_loaded_with_weights_only: False when the input was read with ``--trust-checkpoint``.
+        input_unsafe_globals: what the input pickles besides tensors (empty when read tensors-only).
+        layout: the recognised architecture.
+        codebook: the input codebook's statistics (:func:`arcvq_plugin.convert.codebook_statistics`).
+        conversion: how the codebook and the clock were set.
+        tensors: tensors dropped and copied.
+        verified: the checks made on the written files.
+        images: the token / PSNR comparison on an image folder
+            (:func:`arcvq_plugin.convert.image_check.compare_on_images`), None without ``images``.
+        warnings: what the user should know about the converted model.
+    """
+
+    input: str
+    output: str
+    config: str
+    input_loaded_with_weights_only: bool
+    input_unsafe_globals: tuple[str, ...]
+    layout: LayoutSummary
+    codebook: dict[str, Any]
+    conversion: CodebookConversion
+    tensors: TensorCounts
+    verified: VerificationChecks
+    images: Optional[dict[str, Any]]
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data, fields in declaration order (the JSON file's content)."""
+        return dataclasses.asdict(self)
 
 
 def default_side_paths(output: str | os.PathLike) -> tuple[Path, Path]:
@@ -142,16 +274,67 @@ def _probe_images(layout: VQLayout) -> torch.Tensor:
     return torch.rand(2, layout.ddconfig["in_channels"], size, size, generator=generator) * 2 - 1
 
 
-def _warnings(report: dict[str, Any], codebook: str) -> list[str]:
+def _recognise_layout(source: SourceCheckpoint, *, resolution: int, family: str, first_stage_only: bool,
+                      images: Optional[str | os.PathLike], image_size: int) -> VQLayout:
+    """The input's layout; ConversionError / ValueError when the options do not fit it."""
+    layout = detect_layout(source.state_dict, resolution=resolution, family=family)
+    if first_stage_only and not layout.is_full_ldm:
+        raise ConversionError("first_stage_only applies to full LatentDiffusion checkpoints (first_stage_model.*) only")
+    if images is not None and layout.ddconfig["in_channels"] != 3:
+        raise ValueError(f"images: the model takes {layout.ddconfig['in_channels']} input channels, not RGB")
+    if images is not None and image_size % layout.downsampling_factor:
+        raise ValueError(f"image_size must be a multiple of the downsampling factor {layout.downsampling_factor}, "
+                         f"got {image_size}")
+    return layout
+
+
+def _convert_codebook(raw_codebook: torch.Tensor, *, codebook: str, bbnr_alpha: float, arc_weight: str,
+                      arc_gamma: float, arc_gamma_decay: float) -> tuple[torch.Tensor, CodebookConversion]:
+    """The codebook to write and the clock and ArcLoss settings that go with it."""
+    if codebook == "keep":
+        t0, new_codebook = clock_start(raw_codebook, bbnr_alpha), raw_codebook
+    else:
+        t0, new_codebook = 0, clip_to_unit_ball(raw_codebook)
+    gamma = _arc_gamma_for(arc_weight, arc_gamma, arc_gamma_decay, t0)
+    clock = torch.tensor(t0, dtype=torch.int64)
+    return new_codebook, CodebookConversion(
+        codebook_mode=codebook, bbnr_alpha=bbnr_alpha, clock_start=t0,
+        radius_at_start=float(radius_at(bbnr_alpha, clock)),
+        max_norm_after=float(row_norms(new_codebook).max()),
+        codes_rescaled=int((new_codebook != raw_codebook).any(dim=1).sum()),
+        arc_weight_mode=arc_weight, arc_gamma_requested=arc_gamma, arc_gamma_written=gamma,
+        arc_gamma_decay=arc_gamma_decay, arc_weight_at_start=float(arc_weight_at(gamma, arc_gamma_decay, clock)),
+    )
+
+
+def _layout_summary(layout: VQLayout, config: dict[str, Any], first_stage_only: bool) -> LayoutSummary:
+    """The report's view of ``layout``, with the model class ``config`` builds."""
+    return LayoutSummary(name=layout.name, family=layout.family, full_ldm=layout.is_full_ldm,
+                         first_stage_only=first_stage_only, prefix=layout.prefix, n_embed=layout.n_embed,
+                         embed_dim=layout.embed_dim, ddconfig=layout.ddconfig, target=vq_model_node(config)["target"],
+                         notes=layout.notes)
+
+
+def _yaml_text(config: dict[str, Any], source_path: Path, layout: VQLayout, codebook: str, t0: int,
+               in_place_ldm: bool) -> str:
+    """The yaml written beside the converted checkpoint: a header saying where it comes from, then ``config``."""
+    header = (f"# written by arcvq-convert from {source_path.resolve()}\n# layout {layout.name} ({layout.family}), "
+              f"codebook {codebook}, clock starts at {t0}\n")
+    if in_place_ldm:
+        header += "# an override: merge after your LDM config (--base ldm.yaml this.yaml)\n"
+    return header + OmegaConf.to_yaml(OmegaConf.create(config))
+
+
+def _warnings(stats: dict[str, Any], conversion: CodebookConversion) -> list[str]:
+    """What the user should know about the converted model (a weak ArcLoss, changed or degenerate codes)."""
     warnings = []
-    stats, conv = report["codebook"], report["conversion"]
-    if conv["arc_weight_at_start"] < WEAK_ARC_WEIGHT * max(conv["arc_gamma_requested"], 1e-30):
+    if conversion.arc_weight_at_start < WEAK_ARC_WEIGHT * max(conversion.arc_gamma_requested, 1e-30):
         warnings.append(
-            f"the clock starts at t0={conv['clock_start']}, so the ArcLoss weight lambda(t0)="
-            f"{conv['arc_weight_at_start']:.3g} is effectively off; --arc-weight restart gives it back its "
+            f"the clock starts at t0={conversion.clock_start}, so the ArcLoss weight lambda(t0)="
+            f"{conversion.arc_weight_at_start:.3g} is effectively off; --arc-weight restart gives it back its "
             "full value (the norm bound still grows from R(t0))"
         )
-    if codebook == "unit-ball" and stats["norm"]["n_above_1"]:
+    if conversion.codebook_mode == "unit-ball" and stats["norm"]["n_above_1"]:
         warnings.append(
             f"{stats['norm']['n_above_1']} codes were shortened onto the unit ball: the decoder now receives "
             "vectors it was not trained on, so reconstructions change until the model is fine-tuned"
@@ -189,8 +372,13 @@ def convert_checkpoint(
     force: bool = False,
     trust_checkpoint: bool = False,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> ConversionReport:
     """Convert a taming / LDM VQ checkpoint to ArcVQ; write checkpoint, yaml and JSON report.
+
+    Steps: read the input (tensors only unless ``trust_checkpoint``), recognise its layout,
+    convert the codebook and set the clock, build the new state dict and yaml, write them to
+    temporary files, verify them as a user would load them (reload tensors-only, build the yaml's
+    model, decode), compare on ``images``, and publish checkpoint, yaml and report together.
 
     Args:
         input_path: taming VQModel, ldm first-stage VQModel or full LatentDiffusion checkpoint.
@@ -231,92 +419,65 @@ def convert_checkpoint(
     _refuse_same_file(source_path, [output_path, config_path, report_path])
     outputs = AtomicOutputs({"ckpt": output_path, "yaml": config_path, "report": report_path}, force=force)
 
-    loaded = load_checkpoint(source_path, trust_checkpoint=trust_checkpoint)
-    if not loaded.weights_only:
+    source = read_source_checkpoint(source_path, trust_checkpoint=trust_checkpoint)
+    if not source.weights_only:
         log(f"note: {source_path} was loaded with weights_only=False (--trust-checkpoint) because it pickles "
-            f"{', '.join(loaded.unsafe_globals) or 'non-tensor objects'}; the output holds tensors and plain data only")
-    layout = detect_layout(loaded.state_dict, resolution=resolution, family=family)
-    if first_stage_only and not layout.is_full_ldm:
-        raise ConversionError("first_stage_only applies to full LatentDiffusion checkpoints (first_stage_model.*) only")
+            f"{', '.join(source.unsafe_globals) or 'non-tensor objects'}; the output holds tensors and plain data only")
+    layout = _recognise_layout(source, resolution=resolution, family=family, first_stage_only=first_stage_only,
+                               images=images, image_size=image_size)
     in_place_ldm = layout.is_full_ldm and not first_stage_only
-    if images is not None and layout.ddconfig["in_channels"] != 3:
-        raise ValueError(f"images: the model takes {layout.ddconfig['in_channels']} input channels, not RGB")
-    if images is not None and image_size % layout.downsampling_factor:
-        raise ValueError(f"image_size must be a multiple of the downsampling factor {layout.downsampling_factor}, "
-                         f"got {image_size}")
-
-    raw_codebook = loaded.state_dict[layout.codebook_key]
+    raw_codebook = source.state_dict[layout.codebook_key]
     check_codebook_norms(raw_codebook, layout.codebook_key)
-    check_finite(loaded.state_dict, source_path)
+    check_finite(source.state_dict, source_path)
     batch = None
     if images is not None:
         log(f"reading up to {max_images} images of {images} ...")
         batch = load_image_folder(images, size=image_size, max_images=max_images)
     stats = codebook_statistics(raw_codebook, near_duplicate_cosine=near_duplicate_cosine)
-    if codebook == "keep":
-        t0, new_codebook = clock_start(raw_codebook, bbnr_alpha), raw_codebook
-    else:
-        t0, new_codebook = 0, clip_to_unit_ball(raw_codebook)
-    gamma = _arc_gamma_for(arc_weight, arc_gamma, arc_gamma_decay, t0)
-    qcfg = quantizer_config(layout, bbnr_alpha=bbnr_alpha, arc_gamma=gamma, arc_gamma_decay=arc_gamma_decay)
-    new_sd, dropped = _converted_state_dict(loaded.state_dict, layout, _quantizer_entries(qcfg, new_codebook, t0),
+    new_codebook, conversion = _convert_codebook(raw_codebook, codebook=codebook, bbnr_alpha=bbnr_alpha,
+                                                 arc_weight=arc_weight, arc_gamma=arc_gamma,
+                                                 arc_gamma_decay=arc_gamma_decay)
+    t0 = conversion.clock_start
+    qcfg = quantizer_config(layout, bbnr_alpha=bbnr_alpha, arc_gamma=conversion.arc_gamma_written,
+                            arc_gamma_decay=arc_gamma_decay)
+    new_sd, dropped = _converted_state_dict(source.state_dict, layout, _quantizer_entries(qcfg, new_codebook, t0),
                                             drop_loss=drop_loss, first_stage_only=first_stage_only)
     config = model_config(layout, qcfg, ckpt_path=str(output_path.resolve()), in_place_ldm=in_place_ldm)
-    clock = torch.tensor(t0, dtype=torch.int64)
-    report: dict[str, Any] = {
-        "input": str(source_path), "output": str(output_path), "config": str(config_path),
-        "input_loaded_with_weights_only": loaded.weights_only, "input_unsafe_globals": loaded.unsafe_globals,
-        "layout": {"name": layout.name, "family": layout.family, "full_ldm": layout.is_full_ldm,
-                   "first_stage_only": first_stage_only, "prefix": layout.prefix, "n_embed": layout.n_embed,
-                   "embed_dim": layout.embed_dim, "ddconfig": layout.ddconfig, "target": vq_model_node(config)["target"],
-                   "notes": layout.notes},
-        "codebook": stats,
-        "conversion": {
-            "codebook_mode": codebook, "bbnr_alpha": bbnr_alpha, "clock_start": t0,
-            "radius_at_start": float(radius_at(bbnr_alpha, clock)),
-            "max_norm_after": float(row_norms(new_codebook).max()),
-            "codes_rescaled": int((new_codebook != raw_codebook).any(dim=1).sum()),
-            "arc_weight_mode": arc_weight, "arc_gamma_requested": arc_gamma, "arc_gamma_written": gamma,
-            "arc_gamma_decay": arc_gamma_decay,
-            "arc_weight_at_start": float(arc_weight_at(gamma, arc_gamma_decay, clock)),
-        },
-        "tensors": {"dropped": len(dropped), "dropped_loss": drop_loss},
-    }
+    source_step = source.top_level.get("global_step")
     metadata = {"source": str(source_path.resolve()), "layout": layout.name, "family": layout.family,
                 "codebook_mode": codebook, "clock_start": t0, "bbnr_alpha": bbnr_alpha,
-                "source_global_step": loaded.top_level.get("global_step") if isinstance(
-                    loaded.top_level.get("global_step"), int) else None}
+                "source_global_step": source_step if isinstance(source_step, int) else None}
 
     with outputs:
         save_torch({"state_dict": new_sd, "arcvq_convert": metadata}, outputs.temp["ckpt"])
-        header = (f"# written by arcvq-convert from {source_path.resolve()}\n# layout {layout.name} ({layout.family}), "
-                  f"codebook {codebook}, clock starts at {t0}\n")
-        if in_place_ldm:
-            header += "# an override: merge after your LDM config (--base ldm.yaml this.yaml)\n"
-        outputs.temp["yaml"].write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
-        report["verified"], converted = _verify(outputs.temp["ckpt"], outputs.temp["yaml"], loaded.state_dict, layout,
-                                                first_stage_only, in_place_ldm, t0, bbnr_alpha)
-        report["tensors"]["copied_bit_for_bit"] = report["verified"].pop("copied")
+        outputs.temp["yaml"].write_text(_yaml_text(config, source_path, layout, codebook, t0, in_place_ldm))
+        verified, copied, converted = _verify(outputs.temp["ckpt"], outputs.temp["yaml"], source.state_dict, layout,
+                                              first_stage_only, in_place_ldm, t0, bbnr_alpha)
+        comparison = None
         if batch is not None:
             log(f"comparing reconstructions on {len(batch)} images ...")
-            original = build_vq_model(vq_model_node(config), _vq_part(loaded.state_dict, layout.prefix), arcvq=False)
-            report["images"] = compare_on_images(original, converted, batch)
-        else:
-            report["images"] = None
-        report["warnings"] = _warnings(report, codebook)
-        outputs.temp["report"].write_text(json.dumps(report, indent=2) + "\n")
+            original = build_vq_model(vq_model_node(config), _vq_part(source.state_dict, layout.prefix), arcvq=False)
+            comparison = compare_on_images(original, converted, batch)
+        report = ConversionReport(
+            input=str(source_path), output=str(output_path), config=str(config_path),
+            input_loaded_with_weights_only=source.weights_only, input_unsafe_globals=source.unsafe_globals,
+            layout=_layout_summary(layout, config, first_stage_only), codebook=stats, conversion=conversion,
+            tensors=TensorCounts(dropped=len(dropped), dropped_loss=drop_loss, copied_bit_for_bit=copied),
+            verified=verified, images=comparison, warnings=_warnings(stats, conversion),
+        )
+        outputs.temp["report"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         outputs.publish()
     log(format_report(report))
     return report
 
 
 def _verify(ckpt: Path, yaml_path: Path, source: dict[str, torch.Tensor], layout: VQLayout, first_stage_only: bool,
-            in_place_ldm: bool, t0: int, alpha: float) -> tuple[dict[str, Any], torch.nn.Module]:
+            in_place_ldm: bool, t0: int, alpha: float) -> tuple[VerificationChecks, int, torch.nn.Module]:
     """Reload the written files as a user would, build the model, decode; raise ConversionError on any failure.
 
-    Returns the checks made and the converted VQ model (eval mode).
+    Returns the checks made, the number of tensors copied bit for bit and the converted VQ model (eval mode).
     """
-    reloaded = load_checkpoint(ckpt, trust_checkpoint=False).state_dict
+    reloaded = read_source_checkpoint(ckpt, trust_checkpoint=False).state_dict
     copied = _check_copied(source, reloaded, layout, first_stage_only)
     node = vq_model_node(OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=True))
     model = build_vq_model(node, _vq_part(reloaded, layout.prefix if in_place_ldm else ""))
@@ -328,36 +489,37 @@ def _verify(ckpt: Path, yaml_path: Path, source: dict[str, torch.Tensor], layout
     decoded, _ = reconstruct(model, _probe_images(layout))
     if not bool(torch.isfinite(decoded).all()):
         raise ConversionError("verification failed: the converted model decodes to non-finite values")
-    checks = {"reloaded_weights_only": True, "model_class": node["target"], "clock": t0,
-              "codebook_inside_bound": inside, "decodes_finite": True, "copied": copied}
-    return checks, model
+    checks = VerificationChecks(reloaded_weights_only=True, model_class=node["target"], clock=t0,
+                                codebook_inside_bound=inside, decodes_finite=True)
+    return checks, copied, model
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_report(report: ConversionReport) -> str:
     """The report as a few human-readable lines."""
-    layout, stats, conv = report["layout"], report["codebook"], report["conversion"]
+    layout, stats, conversion = report.layout, report.codebook, report.conversion
     norm, near = stats["norm"], stats["near_duplicates"]
     lines = [
-        f"converted {report['input']} -> {report['output']} (+ {report['config']})",
-        f"layout: {layout['name']} ({layout['family']}{', full LDM' if layout['full_ldm'] else ''}), "
-        f"codebook {layout['n_embed']} x {layout['embed_dim']}, model class {layout['target']}",
+        f"converted {report.input} -> {report.output} (+ {report.config})",
+        f"layout: {layout.name} ({layout.family}{', full LDM' if layout.full_ldm else ''}), "
+        f"codebook {layout.n_embed} x {layout.embed_dim}, model class {layout.target}",
         f"codebook norms: min {norm['min']:.4g}  median {norm['median']:.4g}  mean {norm['mean']:.4g}  "
         f"max {norm['max']:.4g}  (>1: {norm['n_above_1']}, ~0: {norm['n_degenerate']})",
         f"duplicates: {stats['exact_duplicates']} exact; " + (
             "near-duplicates not scanned" if near is None else
             f"{near['pairs']} pairs with cosine > {near['cosine_threshold']} ({near['codes_involved']} codes)"),
-        f"codebook {conv['codebook_mode']}: clock starts at t0={conv['clock_start']}, R(t0)={conv['radius_at_start']:.4g}, "
-        f"lambda(t0)={conv['arc_weight_at_start']:.4g} (arc weight: {conv['arc_weight_mode']})",
-        f"tensors: {report['tensors']['copied_bit_for_bit']} copied bit for bit, {report['tensors']['dropped']} dropped; "
+        f"codebook {conversion.codebook_mode}: clock starts at t0={conversion.clock_start}, "
+        f"R(t0)={conversion.radius_at_start:.4g}, lambda(t0)={conversion.arc_weight_at_start:.4g} "
+        f"(arc weight: {conversion.arc_weight_mode})",
+        f"tensors: {report.tensors.copied_bit_for_bit} copied bit for bit, {report.tensors.dropped} dropped; "
         "reloaded with weights_only=True, built, decoded finite: ok",
     ]
-    if report["images"] is not None:
-        img = report["images"]
+    if report.images is not None:
+        img = report.images
         lines.append(
             f"images: {img['images']}, tokens changing code L2 -> cosine: {img['tokens_changed']}/{img['tokens']} "
             f"({100 * img['fraction_changed']:.2f}%), PSNR {img['psnr_before']:.2f} -> {img['psnr_after']:.2f} dB"
             f"{' (bit-identical)' if img['identical'] else ''}"
         )
-    lines += [f"note: {n}" for n in layout["notes"]]
-    lines += [f"warning: {w}" for w in report["warnings"]]
+    lines += [f"note: {n}" for n in layout.notes]
+    lines += [f"warning: {w}" for w in report.warnings]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.atomic_outputs import AtomicOutputs, check_output_path
-from arcvq_plugin.checkpoint_loading import load_checkpoint
+from arcvq_plugin.checkpoint_loading import TRUST_CHECKPOINT_HELP, load_checkpoint
 from arcvq_plugin.evaluation.codebook import codebook_metrics
 from arcvq_plugin.evaluation.folders import evaluate_folders, save_image_folder
 from arcvq_plugin.evaluation.model_eval import (
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     model.add_argument("--value-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),
                        help="pixel range of the model's input/output (default -1 1, taming's)")
-    model.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
+    model.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     model.add_argument("--keep-loss", action="store_true", help="build model.params.lossconfig too (default: replaced by nn.Identity)")
     model.add_argument("--save-images", type=Path, default=None, help="also write real/ and fake/ PNG folders here")
     model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -86,7 +86,7 @@ def _metric_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _evaluate_model(args: argparse.Namespace) -> dict:
-    checkpoint, _ = load_checkpoint(args.ckpt, args.trust_checkpoint)
+    checkpoint = load_checkpoint(args.ckpt, args.trust_checkpoint).content
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{args.ckpt} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     config = build_config(args.base, checkpoint, args.overrides)

@@ -26,6 +26,7 @@ import torchvision
 from PIL import Image
 
 from arcvq_plugin.atomic_outputs import OutputError, StagedFolder, check_output_path
+from arcvq_plugin.checkpoint_loading import TRUST_CHECKPOINT_HELP
 from arcvq_plugin.validation import check_real
 
 from .checkpoints import load_for_inference
@@ -148,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--quantize_denoised", action="store_true", help="snap x0 predictions to the codebook")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")

@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from arcvq_plugin.atomic_outputs import save_torch_atomic, write_file_atomic, write_text_atomic
+from arcvq_plugin.checkpoint_loading import TRUST_CHECKPOINT_HELP, load_checkpoint
 from arcvq_plugin.cli_arguments import positive_float, positive_int
 from arcvq_plugin.devices import resolve_device
 from arcvq_plugin.priors.gated_pixelcnn import GatedPixelCNN
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=1, help="initialisation and data-order seed (default 1)")
     sample = sub.add_parser("sample", help="sample grids, decode them, optionally score them by FID")
     sample.add_argument("--prior", type=Path, required=True, help="prior.ckpt written by train")
-    sample.add_argument("--trust-checkpoint", action="store_true", help="load checkpoints that pickle Python objects besides tensors with torch.load(weights_only=False), which runs code from the file (default: tensors only, such files are refused)")
+    sample.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     sample.add_argument("--out", type=Path, required=True, help="folder for tokens.npy, samples.png, sample.json")
     sample.add_argument("--n", type=positive_int, default=1000, help="grids to sample (default 1000)")
     sample.add_argument("--temperature", type=positive_float, default=1.0, help="softmax temperature (default 1)")
@@ -180,7 +181,6 @@ def _save_grid(images: torch.Tensor, path: Path) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from arcvq_plugin.checkpoint_loading import load_checkpoint
     from arcvq_plugin.ldm.checkpoints import load_for_inference
     from arcvq_plugin.tokens import codebook_size, decode_indices, save_token_grids, tokenizer_of
 
@@ -188,7 +188,7 @@ def _sample(args: argparse.Namespace) -> int:
     outputs = [out / "tokens.npy", out / "tokens.json", out / "samples.png", out / "sample.json"]
     _refuse_overwrite(outputs, args.force)
     device = resolve_device(args.device)
-    checkpoint, _ = load_checkpoint(args.prior, args.trust_checkpoint)
+    checkpoint = load_checkpoint(args.prior, args.trust_checkpoint).content
     if not isinstance(checkpoint, dict) or "summary" not in checkpoint:
         raise ValueError(f"{args.prior} is not a prior.ckpt written by arcvq-prior train")
     summary = checkpoint["summary"]

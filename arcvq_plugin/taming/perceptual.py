@@ -34,6 +34,8 @@ from taming.modules.losses.lpips import LPIPS
 from taming.util import MD5_MAP
 from torchvision.models import VGG16_Weights
 
+from arcvq_plugin.checkpoint_loading import load_checkpoint
+
 __all__ = [
     "LPIPSWeightsMissingError",
     "OfflineLPIPS",
@@ -154,7 +156,7 @@ class OfflineLPIPS(LPIPS):
         if name != "vgg_lpips":
             raise ValueError(f"name must be 'vgg_lpips' (the only LPIPS taming uses), got {name!r}")
         path = lpips_heads_path()
-        heads = torch.load(path, map_location="cpu", weights_only=True)
+        heads = load_checkpoint(path).content
         result = self.load_state_dict(heads, strict=False)
         heads_missing = [k for k in result.missing_keys if k.startswith("lin")]
         if result.unexpected_keys or heads_missing:

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from arcvq_plugin.atomic_outputs import OutputError, check_output_path, save_torch_atomic, write_text_atomic
+from arcvq_plugin.checkpoint_loading import load_checkpoint
 from arcvq_plugin.cli_arguments import positive_int
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.devices import resolve_device
@@ -251,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             key = _fingerprint(configs[row], seed, steps, not args.no_lpips, not args.no_fid)
             path = out / "runs" / f"{row}_seed{seed}.pt"
             if path.is_file() and not args.force:
-                saved = torch.load(path, map_location="cpu", weights_only=True)
+                saved = load_checkpoint(path).content
                 if saved.get("fingerprint") == key:
                     print(f"[vqgan] {row} seed {seed}: reusing {path}", flush=True)
                     results[(row, seed)] = saved
