@@ -47,7 +47,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from .all_gather import all_gather_rows
 from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
 from .norm_bound import clip_rows_to_radius_, log_row_norms
-from .quantizer_contract import QuantizerContract
+from .quantizer_contract import QuantizerContract, code_perplexity
 from .rotation_trick import rotate_onto
 from .schedules import (arc_weight, arc_weight_from_exponent, check_schedule_options, effective_rates,
                         log_radius, radius, radius_from_log, rescaled_exponent)
@@ -325,9 +325,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
                                 self.arc_chunk_size, s=self.arc_s)
             indices = scan.nearest[offset:offset + z_flat.shape[0]]
             z_q = self.embedding(indices).view(z.shape)
-            commit = torch.mean((z_q.detach().to(dtype) - z.to(dtype)) ** 2)
-            codebook = torch.mean((z_q.to(dtype) - z.detach().to(dtype)) ** 2)
-            vq = commit + self.beta * codebook if self.legacy else self.beta * commit + codebook
+            vq = self.vq_loss(z_q.to(dtype), z.to(dtype))  # on the RAW code (METHOD.md section 2)
             scheduled = self.training or self.schedule_horizon is None or self._horizon_steps is not None
             weight = self.arc_weight if scheduled else None  # an unresolved auto horizon has no schedule yet
             if use_arc:
@@ -360,9 +358,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
             0, indices, torch.ones(indices.shape[0], device=indices.device))
         if record:
             self.code_counts += counts
-        p = counts / indices.shape[0]
-        perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
-        return perplexity, (counts > 0).float().mean()
+        return code_perplexity(counts, indices.shape[0]), (counts > 0).float().mean()
 
     # ---- the horizon in the state_dict ------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

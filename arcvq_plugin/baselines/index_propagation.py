@@ -196,9 +196,7 @@ class IndexPropagationQuantizer(QuantizerContract, VectorQuantizer2):
         entropy = sample_entropy - avg_entropy  # :368-370
         loss = quant + self.entropy_weight * entropy  # vqperceptual.py:181-182
         indices = index.flatten()
-        with torch.no_grad():
-            p = torch.bincount(indices, minlength=self.n_e).to(torch.float32) / indices.shape[0]
-            perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
+        perplexity = self.selection_perplexity(indices)
         if self.training and not self._passive:
             self.loss_breakdown = {"quant": quant.detach(), "sample_entropy": sample_entropy.detach(),
                                    "avg_entropy": avg_entropy.detach(), "entropy": entropy.detach(),
