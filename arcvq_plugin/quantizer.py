@@ -51,7 +51,7 @@ from .quantizer_contract import QuantizerContract, code_perplexity
 from .rotation_trick import rotate_onto
 from .schedules import (arc_weight, arc_weight_from_exponent, check_schedule_options, effective_rates,
                         log_radius, radius, radius_from_log, rescaled_exponent)
-from .validation import check_bool, check_int, check_real
+from .validation import check_bool, check_choice, check_int, check_real
 
 __all__ = ["ArcQuantizer", "is_schedule_state_key"]
 
@@ -151,8 +151,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         check_real("arc_gamma", arc_gamma, minimum=0.0)
         check_real("arc_gamma_decay", arc_gamma_decay, minimum=0.0)
         validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size, prefix="arc_")
-        if gradient_estimator not in GRADIENT_ESTIMATORS:
-            raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
+        check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
         schedule_horizon, schedule_reference_horizon, schedule_rescale = check_schedule_options(
             schedule_horizon, schedule_reference_horizon, schedule_rescale)
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,

@@ -62,7 +62,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from arcvq_plugin.all_gather import distributed_world_size
 from arcvq_plugin.losses import normalize_rows
 from arcvq_plugin.quantizer_contract import QuantizerContract, code_perplexity
-from arcvq_plugin.validation import check_real
+from arcvq_plugin.validation import check_choice, check_real
 
 __all__ = ["ClusteredQuantizer", "DISTANCES", "REINIT_OFFSET", "USAGE_SCALE"]
 
@@ -110,8 +110,7 @@ class ClusteredQuantizer(QuantizerContract, VectorQuantizer2):
         usage_decay: float = 0.99,
     ) -> None:
         n_e, e_dim, beta = self.check_taming_arguments(n_e, e_dim, beta, unknown_index, sane_index_shape, legacy)
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        check_choice("distance", distance, DISTANCES)
         usage_decay = check_real("usage_decay", usage_decay, minimum=0.0, exclusive=True, below=1.0)
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
                          sane_index_shape=sane_index_shape, legacy=legacy)
