@@ -78,8 +78,9 @@ def code_perplexity(counts: torch.Tensor, total: int) -> torch.Tensor:
 
 
 class QuantizerContract:
-    """Mixin for ``VectorQuantizer2`` subclasses (uses ``e_dim``, ``remap``, ``remap_to_used``,
-    ``sane_index_shape``). ``_passive`` is True inside :meth:`passive`."""
+    """Mixin for ``VectorQuantizer2`` subclasses (uses ``n_e``, ``e_dim``, ``remap``, ``remap_to_used``,
+    ``sane_index_shape``; :meth:`vq_loss` also ``beta`` and ``legacy``). ``_passive`` is True inside
+    :meth:`passive`."""
 
     _passive: bool = False
 
