@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from arcvq_plugin.extras import require_extra
+from arcvq_plugin.validation import check_int, check_optional_int
 
 require_extra("train", "matplotlib")
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -56,9 +57,8 @@ def code_norms(codebook: ArrayLike) -> np.ndarray:
 def pairwise_distances(codebook: ArrayLike, max_codes: Optional[int] = None) -> np.ndarray:
     """L2 distances between the first ``max_codes`` rows (default: all) -> (k, k) float64."""
     weight = _codebook(codebook)
+    max_codes = check_optional_int("max_codes", max_codes, minimum=1)
     if max_codes is not None:
-        if max_codes < 1:
-            raise ValueError(f"max_codes must be >= 1 or None, got {max_codes!r}")
         weight = weight[:max_codes]
     return torch.cdist(weight, weight).numpy()
 
@@ -70,8 +70,7 @@ def plot_norm_histogram(codebook: ArrayLike, radius: Optional[float] = None, bin
     ``radius`` (BBNR's R(t)) is stated in the title and drawn as a dashed line when it lies within
     10x the largest norm (a far larger bound would squash the histogram against the axis).
     """
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins!r}")
+    check_int("bins", bins, minimum=1)
     norms = code_norms(codebook)
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)

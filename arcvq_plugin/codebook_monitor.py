@@ -32,6 +32,7 @@ from torch.utils.hooks import RemovableHandle
 from .codebook_figures import (plot_norm_histogram, plot_pairwise_distances, plot_usage_histogram,
                                save_figure)
 from .evaluation.codebook import codebook_metrics_from_counts
+from .validation import check_int
 
 __all__ = ["CodebookMonitor", "codebook_statistics"]
 
@@ -91,11 +92,8 @@ class CodebookMonitor(pl.Callback):
         if not isinstance(quantizer, str) or not quantizer:
             raise ValueError(f"quantizer must be a dotted attribute path such as 'quantize', "
                              f"got {quantizer!r}")
-        if not isinstance(figures_every_n_validations, int) or figures_every_n_validations < 1:
-            raise ValueError("figures_every_n_validations must be an integer >= 1, "
-                             f"got {figures_every_n_validations!r}")
-        if not isinstance(max_codes_in_matrix, int) or max_codes_in_matrix < 1:
-            raise ValueError(f"max_codes_in_matrix must be an integer >= 1, got {max_codes_in_matrix!r}")
+        check_int("figures_every_n_validations", figures_every_n_validations, minimum=1)
+        check_int("max_codes_in_matrix", max_codes_in_matrix, minimum=1)
         self.quantizer = quantizer
         self.figures = bool(figures)
         self.figures_every_n_validations = figures_every_n_validations

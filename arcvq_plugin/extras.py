@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from arcvq_plugin.validation import check_choice
+
 __all__ = ["DISTRIBUTIONS", "EXTRAS", "MissingExtraError", "require_extra"]
 
 EXTRAS: dict[str, str] = {
@@ -50,8 +52,7 @@ def require_extra(extra: str, *modules: str) -> None:
 
     Nothing is imported: only the import system's finders are asked (``importlib.util.find_spec``).
     """
-    if extra not in EXTRAS:
-        raise ValueError(f"extra must be one of {sorted(EXTRAS)}, got {extra!r}")
+    check_choice("extra", extra, sorted(EXTRAS))
     unknown = [name for name in modules if name not in DISTRIBUTIONS]
     if not modules or unknown:
         raise ValueError(f"modules must be one or more of {sorted(DISTRIBUTIONS)}, got {list(modules)!r}")

@@ -52,7 +52,7 @@ from arcvq_plugin.checkpoint_loading import load_state_dict
 from arcvq_plugin.finite_training import refuse_non_finite
 from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 from arcvq_plugin.quantizer_contract import check_finite_state
-from arcvq_plugin.validation import check_bool
+from arcvq_plugin.validation import check_bool, check_int
 
 __all__ = ["DISC_RECONSTRUCTIONS", "ManualGANTraining", "validate_accumulation", "validate_disc_reconstruction"]
 
@@ -72,9 +72,7 @@ def validate_disc_reconstruction(value: Any) -> str:
 
 def validate_accumulation(value: Any) -> int:
     """``value`` if it is an integer >= 1, else a ValueError naming ``accumulate_grad_batches``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"accumulate_grad_batches must be an integer >= 1, got {value!r}")
-    return value
+    return check_int("accumulate_grad_batches", value, minimum=1)
 
 
 def _accepts_keyword(function: Any, name: str) -> bool:

@@ -47,11 +47,11 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from .all_gather import all_gather_rows
 from .losses import arc_margin_loss_normalized, normalize_rows, scan_cosines, validate_arc_options
 from .norm_bound import clip_rows_to_radius_, log_row_norms
-from .quantizer_contract import QuantizerContract
+from .quantizer_contract import QuantizerContract, code_perplexity
 from .rotation_trick import rotate_onto
 from .schedules import (arc_weight, arc_weight_from_exponent, check_schedule_options, effective_rates,
                         log_radius, radius, radius_from_log, rescaled_exponent)
-from .validation import check_bool, check_int, check_real
+from .validation import check_bool, check_choice, check_int, check_real
 
 __all__ = ["ArcQuantizer", "is_schedule_state_key"]
 
@@ -151,8 +151,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
         check_real("arc_gamma", arc_gamma, minimum=0.0)
         check_real("arc_gamma_decay", arc_gamma_decay, minimum=0.0)
         validate_arc_options(arc_s, arc_m, arc_top_k, arc_chunk_size, prefix="arc_")
-        if gradient_estimator not in GRADIENT_ESTIMATORS:
-            raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
+        check_choice("gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
         schedule_horizon, schedule_reference_horizon, schedule_rescale = check_schedule_options(
             schedule_horizon, schedule_reference_horizon, schedule_rescale)
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
@@ -325,9 +324,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
                                 self.arc_chunk_size, s=self.arc_s)
             indices = scan.nearest[offset:offset + z_flat.shape[0]]
             z_q = self.embedding(indices).view(z.shape)
-            commit = torch.mean((z_q.detach().to(dtype) - z.to(dtype)) ** 2)
-            codebook = torch.mean((z_q.to(dtype) - z.detach().to(dtype)) ** 2)
-            vq = commit + self.beta * codebook if self.legacy else self.beta * commit + codebook
+            vq = self.vq_loss(z_q.to(dtype), z.to(dtype))  # on the RAW code (METHOD.md section 2)
             scheduled = self.training or self.schedule_horizon is None or self._horizon_steps is not None
             weight = self.arc_weight if scheduled else None  # an unresolved auto horizon has no schedule yet
             if use_arc:
@@ -360,9 +357,7 @@ class ArcQuantizer(QuantizerContract, VectorQuantizer2):
             0, indices, torch.ones(indices.shape[0], device=indices.device))
         if record:
             self.code_counts += counts
-        p = counts / indices.shape[0]
-        perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
-        return perplexity, (counts > 0).float().mean()
+        return code_perplexity(counts, indices.shape[0]), (counts > 0).float().mean()
 
     # ---- the horizon in the state_dict ------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

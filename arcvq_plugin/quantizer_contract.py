@@ -6,6 +6,8 @@
 - ``check_taming_arguments``: taming's constructor arguments, validated before anything is built;
 - ``check_input``: the latents' shape, and the GumbelQuantize-only arguments left at their defaults;
 - ``output_indices``: taming's ``remap`` and ``sane_index_shape`` applied to the selected codes;
+- ``vq_loss``: taming's VQ loss (commitment and codebook terms, ``beta`` placed by ``legacy``);
+- :func:`code_perplexity` of a forward's code counts, and ``selection_perplexity`` of its indices;
 - ``passive()``: a block whose forwards must not train the quantiser's own state (the GAN
   discriminator's second pass over a batch, :func:`arcvq_plugin.gan_training.passive_quantizers`);
 - state validated on load: ``load_state_dict`` (and so Lightning's resume, ``ckpt_path`` and every
@@ -25,7 +27,8 @@ import torch
 
 from arcvq_plugin.validation import check_bool, check_int, check_real
 
-__all__ = ["QuantizerContract", "QuantizerStateError", "STEP_COUNTERS", "check_finite_state", "check_step_counter"]
+__all__ = ["QuantizerContract", "QuantizerStateError", "STEP_COUNTERS", "check_finite_state", "check_step_counter",
+           "code_perplexity"]
 
 STEP_COUNTERS = ("clock",)
 """Buffer names that count optimizer steps: a quantiser's buffer of such a name must load as an integer >= 0."""
@@ -66,9 +69,18 @@ def check_step_counter(key: str, value: Any) -> None:
     raise QuantizerStateError(f"{key} must be an integer >= 0 (optimizer steps), got {shown}")
 
 
+def code_perplexity(counts: torch.Tensor, total: int) -> torch.Tensor:
+    """exp(H) of one forward's selection frequencies p = ``counts`` (K,) / ``total`` (the number of
+    latents), H = -sum_k p_k log p_k with 0 log 0 = 0: 1 when every latent selected the same code, K
+    when all K codes were selected equally often. A 0-dim tensor in the dtype of ``counts``."""
+    p = counts / total
+    return torch.exp(-torch.special.xlogy(p, p).sum())
+
+
 class QuantizerContract:
-    """Mixin for ``VectorQuantizer2`` subclasses (uses ``e_dim``, ``remap``, ``remap_to_used``,
-    ``sane_index_shape``). ``_passive`` is True inside :meth:`passive`."""
+    """Mixin for ``VectorQuantizer2`` subclasses (uses ``n_e``, ``e_dim``, ``remap``, ``remap_to_used``,
+    ``sane_index_shape``; :meth:`vq_loss` also ``beta`` and ``legacy``). ``_passive`` is True inside
+    :meth:`passive`."""
 
     _passive: bool = False
 
@@ -119,6 +131,21 @@ class QuantizerContract:
         if z.ndim != 4 or z.shape[1] != self.e_dim:
             raise ValueError(f"{type(self).__name__} expects z of shape (B, e_dim={self.e_dim}, H, W), "
                              f"got {tuple(z.shape)}")
+
+    def vq_loss(self, z_q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """taming's ``VectorQuantizer2`` loss of the latents ``z`` and their codes ``z_q`` (same shape and
+        dtype; a caller that computes in another dtype casts both first): the commitment term
+        ``mean((sg[z_q] - z)^2)``, which trains the encoder, and the codebook term ``mean((z_q - sg[z])^2)``,
+        which trains the codes; ``legacy=True`` (taming's default) puts ``beta`` on the codebook term,
+        ``legacy=False`` on the commitment term (docs/METHOD.md section 2). Uses ``beta`` and ``legacy``."""
+        commitment = torch.mean((z_q.detach() - z) ** 2)
+        codebook = torch.mean((z_q - z.detach()) ** 2)
+        return commitment + self.beta * codebook if self.legacy else self.beta * commitment + codebook
+
+    def selection_perplexity(self, indices: torch.Tensor) -> torch.Tensor:
+        """:func:`code_perplexity` of the selected codes ``indices`` (N,) among the ``n_e`` codes, counted
+        exactly (``bincount``) and taken in float32."""
+        return code_perplexity(torch.bincount(indices, minlength=self.n_e).to(torch.float32), indices.shape[0])
 
     def output_indices(self, indices: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
         """Apply taming's remap and index shape conventions to the selected codes (N,), given the

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .validation import check_int
+from .validation import check_choice, check_int
 
 __all__ = ["IMAGENET_REFERENCE_HORIZON", "SCHEDULE_RESCALES", "arc_weight", "arc_weight_from_exponent",
            "check_schedule_options", "clock_as_float", "effective_rates", "log_radius", "radius", "radius_from_log",
@@ -87,8 +87,7 @@ def effective_rates(alpha: float, delta: float, horizon: int, reference_horizon:
     """
     check_int("schedule_horizon", horizon, minimum=1)
     check_int("schedule_reference_horizon", reference_horizon, minimum=1)
-    if rescale not in SCHEDULE_RESCALES:
-        raise ValueError(f"schedule_rescale must be one of {SCHEDULE_RESCALES}, got {rescale!r}")
+    check_choice("schedule_rescale", rescale, SCHEDULE_RESCALES)
     factor = reference_horizon / horizon
     return (alpha * factor if rescale == "both" else alpha), delta * factor
 
@@ -112,6 +111,5 @@ def check_schedule_options(horizon: Any, reference_horizon: Any, rescale: Any
         raise ValueError("schedule_reference_horizon must be an integer >= 1 when schedule_horizon is set "
                          "(the run length, in codebook steps, for which bbnr_alpha and arc_gamma_decay "
                          "were set; the paper's MNIST / CIFAR-10 runs: 29500), got None")
-    if rescale not in SCHEDULE_RESCALES:
-        raise ValueError(f"schedule_rescale must be one of {SCHEDULE_RESCALES}, got {rescale!r}")
+    check_choice("schedule_rescale", rescale, SCHEDULE_RESCALES)
     return horizon, reference_horizon, rescale

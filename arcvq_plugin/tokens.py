@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from arcvq_plugin.atomic_outputs import AtomicOutputs, StagedFolder, check_output_path
 from arcvq_plugin.checkpoint_loading import TRUST_CHECKPOINT_HELP
 from arcvq_plugin.inference import check_images
+from arcvq_plugin.validation import check_int, check_optional_int
 
 __all__ = [
     "TOKEN_FORMAT", "codebook_size", "decode_indices", "decode_to_folder", "encode_dataset",
@@ -106,11 +107,9 @@ def encode_dataset(tokenizer: nn.Module, dataset: Dataset, *, batch_size: int = 
         limit: encode only the first ``limit`` items (>= 1); None: all.
     Returns the grids in the dtype described in the module doc, in dataset order.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
+    limit = check_optional_int("limit", limit, minimum=1)
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1 or None, got {limit}")
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     tokenizer = tokenizer_of(tokenizer).eval()
     device = next(tokenizer.parameters()).device
@@ -191,8 +190,7 @@ def decode_to_folder(tokenizer: nn.Module, grids: np.ndarray, out_dir: str | Pat
     Every index is checked against the tokenizer's codebook first; the images appear in
     ``out_dir`` only once all are written (:class:`arcvq_plugin.atomic_outputs.StagedFolder`).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
     grids = np.asarray(grids)
     tokenizer = tokenizer_of(tokenizer).eval()
     _check_grids(grids, codebook_size(tokenizer), "token grids")
@@ -251,10 +249,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``arcvq-tokens export|decode ...`` (see ``--help``); errors exit with their message."""
     args = _parser().parse_args(argv)
     try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
-        if args.command == "export" and args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        check_int("--batch_size", args.batch_size, minimum=1)
+        if args.command == "export":
+            check_optional_int("--limit", args.limit, minimum=1)
         return _run(args)
     except (FileNotFoundError, ValueError) as err:  # ValueError includes OutputError, CheckpointReadError
         raise SystemExit(f"arcvq-tokens: {err}") from err

@@ -1,18 +1,25 @@
-"""Up-front checks of the method's arguments: each error names the argument and what is allowed.
+"""Up-front checks of arguments, one vocabulary for the package: each error names the argument and what is allowed.
 
 A bool is not accepted where an integer or a number is meant (``True`` would silently read as 1),
 and a number must be finite wherever infinity would poison training (``exp(-inf * 0)`` is NaN)::
 
     check_int("arc_top_k", 2.5, minimum=1)
     # ValueError: arc_top_k must be an integer >= 1, got 2.5
+    check_int("kernel_size", 4, minimum=3, parity="odd")
+    # ValueError: kernel_size must be an odd integer >= 3, got 4
+    check_choice("distance", "cosine", ("cos", "l2"))
+    # ValueError: distance must be one of ('cos', 'l2'), got 'cosine'
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-__all__ = ["check_bool", "check_int", "check_optional_int", "check_real"]
+__all__ = ["check_bool", "check_choice", "check_int", "check_optional_int", "check_real"]
+
+_PARITIES = {"even": 0, "odd": 1}
+"""``parity`` of :func:`check_int`: the remainder of the integer divided by 2."""
 
 
 def _is_int(value: Any) -> bool:
@@ -30,10 +37,20 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """``int(value)`` for an integer (not a bool) >= ``minimum``, else ValueError naming ``name``."""
-    if not (_is_int(value) and value >= minimum):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """``value`` if it equals one of ``choices``, else ValueError naming ``name`` and the choices."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices!r}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int, parity: Optional[str] = None) -> int:
+    """``int(value)`` for an integer (not a bool) >= ``minimum``, and ``"odd"`` or ``"even"`` when
+    ``parity`` says so, else ValueError naming ``name``."""
+    if not (_is_int(value) and value >= minimum and (parity is None or value % 2 == _PARITIES[parity])):
+        kind = "an integer" if parity is None else f"an {parity} integer"
+        raise ValueError(f"{name} must be {kind} >= {minimum}, got {value!r}")
     return int(value)
 
 

@@ -61,8 +61,8 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 
 from arcvq_plugin.all_gather import distributed_world_size
 from arcvq_plugin.losses import normalize_rows
-from arcvq_plugin.quantizer_contract import QuantizerContract
-from arcvq_plugin.validation import check_real
+from arcvq_plugin.quantizer_contract import QuantizerContract, code_perplexity
+from arcvq_plugin.validation import check_choice, check_real
 
 __all__ = ["ClusteredQuantizer", "DISTANCES", "REINIT_OFFSET", "USAGE_SCALE"]
 
@@ -110,8 +110,7 @@ class ClusteredQuantizer(QuantizerContract, VectorQuantizer2):
         usage_decay: float = 0.99,
     ) -> None:
         n_e, e_dim, beta = self.check_taming_arguments(n_e, e_dim, beta, unknown_index, sane_index_shape, legacy)
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        check_choice("distance", distance, DISTANCES)
         usage_decay = check_real("usage_decay", usage_decay, minimum=0.0, exclusive=True, below=1.0)
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
                          sane_index_shape=sane_index_shape, legacy=legacy)
@@ -141,13 +140,10 @@ class ClusteredQuantizer(QuantizerContract, VectorQuantizer2):
             scores = self.similarity(latents)
             indices = scores.argmax(dim=1)
             z_q = self.embedding(indices).view(z.shape)
-            commit = torch.mean((z_q.detach().to(dtype) - z.to(dtype)) ** 2)
-            codebook = torch.mean((z_q.to(dtype) - z.detach().to(dtype)) ** 2)
-            loss = commit + self.beta * codebook if self.legacy else self.beta * commit + codebook
+            loss = self.vq_loss(z_q.to(dtype), z.to(dtype))
             counts = torch.zeros(self.n_e, dtype=dtype, device=z.device).index_add_(
                 0, indices, torch.ones(indices.shape[0], dtype=dtype, device=z.device))
-            p = counts / indices.shape[0]
-            perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
+            perplexity = code_perplexity(counts, indices.shape[0])
             if self.training and not self._passive:
                 reinit = self._reinitialise(latents, scores, counts)
                 self.loss_breakdown = {"vq": loss.detach(), "perplexity": perplexity,

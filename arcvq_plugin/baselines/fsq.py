@@ -153,11 +153,8 @@ class FSQ(QuantizerContract, nn.Module):
             indices = self.codes_to_indices(codes.detach()).reshape(-1)
         z_q = self.project_out(codes.to(z_d.dtype))
         z_q = rearrange(z_q, "b h w c -> b c h w").contiguous()
-        with torch.no_grad():
-            p = torch.bincount(indices, minlength=self.n_e).to(torch.float32) / indices.shape[0]
-            perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
         loss = z.new_zeros(())
-        return z_q, loss, (perplexity, None, self.output_indices(indices, z_q))
+        return z_q, loss, (self.selection_perplexity(indices), None, self.output_indices(indices, z_q))
 
     def get_codebook_entry(self, indices: torch.Tensor, shape: Optional[Sequence[int]]) -> torch.Tensor:
         """``project_out(codes(indices))`` for indices (N,), the training forward's z_q: (N, e_dim) with

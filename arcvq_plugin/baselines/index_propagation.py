@@ -68,7 +68,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
 from arcvq_plugin.quantizer_contract import QuantizerContract
-from arcvq_plugin.validation import check_real
+from arcvq_plugin.validation import check_optional_int, check_real
 
 __all__ = ["DENSE_COPIES", "ENTROPY_EPS", "IndexPropagationQuantizer", "entropy_terms"]
 
@@ -149,9 +149,7 @@ class IndexPropagationQuantizer(QuantizerContract, VectorQuantizer2):
         n_e, e_dim, beta = self.check_taming_arguments(n_e, e_dim, beta, unknown_index, sane_index_shape, False)
         entropy_weight = check_real("entropy_weight", entropy_weight, minimum=0.0)
         entropy_temperature = check_real("entropy_temperature", entropy_temperature, minimum=0.0, exclusive=True)
-        if memory_limit_bytes is not None and not (
-                type(memory_limit_bytes) is int and memory_limit_bytes >= 1):
-            raise ValueError(f"memory_limit_bytes must be None or an integer >= 1, got {memory_limit_bytes!r}")
+        memory_limit_bytes = check_optional_int("memory_limit_bytes", memory_limit_bytes, minimum=1)
         super().__init__(n_e, e_dim, beta, remap=remap, unknown_index=unknown_index,
                          sane_index_shape=sane_index_shape, legacy=False)
         nn.init.normal_(self.embedding.weight)  # nn.Embedding's own N(0, 1), as quantize.py:386
@@ -196,9 +194,7 @@ class IndexPropagationQuantizer(QuantizerContract, VectorQuantizer2):
         entropy = sample_entropy - avg_entropy  # :368-370
         loss = quant + self.entropy_weight * entropy  # vqperceptual.py:181-182
         indices = index.flatten()
-        with torch.no_grad():
-            p = torch.bincount(indices, minlength=self.n_e).to(torch.float32) / indices.shape[0]
-            perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
+        perplexity = self.selection_perplexity(indices)
         if self.training and not self._passive:
             self.loss_breakdown = {"quant": quant.detach(), "sample_entropy": sample_entropy.detach(),
                                    "avg_entropy": avg_entropy.detach(), "entropy": entropy.detach(),

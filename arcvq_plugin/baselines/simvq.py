@@ -95,13 +95,8 @@ class SimVQ(QuantizerContract, VectorQuantizer2):
                          - 2 * torch.einsum("bd,dn->bn", z_flat, rearrange(codebook, "n d -> d n")))
             indices = torch.argmin(distances, dim=1)
         z_q = F.embedding(indices, codebook).view(z.shape)  # :91
-        commit = torch.mean((z_q.detach() - z) ** 2)
-        codebook_term = torch.mean((z_q - z.detach()) ** 2)
-        loss = commit + self.beta * codebook_term if self.legacy else self.beta * commit + codebook_term  # :96-101
-        with torch.no_grad():
-            counts = torch.bincount(indices, minlength=self.n_e).to(torch.float32)
-            p = counts / indices.shape[0]
-            perplexity = torch.exp(-torch.special.xlogy(p, p).sum())
+        loss = self.vq_loss(z_q, z)  # :96-101
+        perplexity = self.selection_perplexity(indices)
         z_q = z + (z_q - z).detach()  # :104, straight-through
         z_q = rearrange(z_q, "b h w c -> b c h w").contiguous()
         return z_q, loss, (perplexity, None, self.output_indices(indices, z_q))

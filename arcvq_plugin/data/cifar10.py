@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from arcvq_plugin.data.image_folder import UInt8ImageArray
+from arcvq_plugin.validation import check_choice
 
 __all__ = ["CIFAR10"]
 
@@ -29,8 +30,7 @@ class CIFAR10(UInt8ImageArray):
 
     def __init__(self, root: str | Path = "data/cifar10", split: str = "train", download: bool = True,
                  limit: int | None = None):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_choice("split", split, SPLITS)
         from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
 
         try:

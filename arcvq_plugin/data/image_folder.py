@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from arcvq_plugin.validation import check_choice, check_optional_int
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "UInt8ImageArray", "uint8_to_signed_unit"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -51,9 +53,8 @@ class UInt8ImageArray(Dataset):
             raise ValueError(f"images must be a uint8 array (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}")
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"labels must have one entry per image ({len(images)}), got {len(labels)}")
+        limit = check_optional_int("limit", limit, minimum=1)
         if limit is not None:
-            if not isinstance(limit, int) or limit < 1:
-                raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
             images = images[:limit]
             labels = None if labels is None else labels[:limit]
         if images.ndim == 3:
@@ -98,10 +99,8 @@ class ImageFolder(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"root must be an existing folder, got {str(root)!r}")
-        if size is not None and (not isinstance(size, int) or size < 1):
-            raise ValueError(f"size must be an int >= 1 or None, got {size!r}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        check_optional_int("size", size, minimum=1)
+        check_choice("channels", channels, (1, 3))
         suffixes = {e.lower() for e in extensions}
         self.paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         if not self.paths:

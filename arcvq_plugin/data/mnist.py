@@ -12,6 +12,7 @@ import numpy as np
 
 from arcvq_plugin.data.image_folder import UInt8ImageArray
 from arcvq_plugin.extras import require_extra
+from arcvq_plugin.validation import check_choice
 
 __all__ = ["MNIST", "load_mnist_arrays"]
 
@@ -20,8 +21,7 @@ SPLITS = ("train", "test")
 
 def load_mnist_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images uint8 (N, 28, 28), labels uint8 (N,))`` of ``split`` ('train' or 'test')."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice("split", split, SPLITS)
     require_extra("data", "pureml", "zarr")
     import zarr
 

@@ -38,6 +38,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from arcvq_plugin.validation import check_int
+
 __all__ = ["PerSampleSeeds", "ResumableDataLoader", "ResumePositionError", "ResumableSampler"]
 
 _SEED_MODULUS = 2**32
@@ -130,8 +132,7 @@ class ResumableDataLoader(DataLoader):
         owned = {"sampler", "batch_sampler", "shuffle", "generator"} & set(kwargs)
         if owned:
             raise ValueError(f"ResumableDataLoader sets {sorted(owned)} itself; do not pass them")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, minimum=1)
         seeded = PerSampleSeeds(dataset, seed)
         super().__init__(seeded, batch_size=batch_size, sampler=ResumableSampler(seeded, seed, shuffle),
                          **kwargs)

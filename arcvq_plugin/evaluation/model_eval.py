@@ -22,6 +22,7 @@ from torch import nn
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.inference import build_inference_model, check_images
+from arcvq_plugin.validation import check_choice, check_optional_int
 
 __all__ = ["SPLIT_LOADERS", "build_config", "data_folders", "find_codebook_size", "load_model", "reconstruct",
            "split_loader"]
@@ -74,8 +75,7 @@ def data_folders(config: DictConfig) -> list[str]:
 
 def split_loader(config: DictConfig, split: str) -> Iterable:
     """The dataloader of ``split`` ('train', 'validation' or 'test') of ``config.data``."""
-    if split not in SPLIT_LOADERS:
-        raise ValueError(f"split must be one of {sorted(SPLIT_LOADERS)}, got {split!r}")
+    check_choice("split", split, sorted(SPLIT_LOADERS))
     if "data" not in config:
         raise ValueError("the config has no 'data' node: cannot build the dataset split")
     data = instantiate_from_config(config.data)
@@ -135,8 +135,7 @@ def reconstruct(
     low, high = map(float, value_range)
     if not high > low:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
-    if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
+    check_optional_int("max_images", max_images, minimum=1)
     model = model.to(device).eval()
     real, fake, codes = [], [], []
     count = 0

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from arcvq_plugin.evaluation.frechet import frechet_distance
 from arcvq_plugin.evaluation.image_metrics import check_image_batch
 from arcvq_plugin.evaluation.weight_cache import INSTALL_COMMAND, inception_weights_path, vgg16_weights_path
+from arcvq_plugin.validation import check_int
 
 __all__ = ["MetricUnavailable", "lpips_distances", "inception_features", "rfid"]
 
@@ -66,8 +67,7 @@ def lpips_distances(
         allow_download: let torchvision fetch the VGG16 weights if the cache lacks them.
     """
     check_image_batch(real, fake)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
     if min(real.shape[-2:]) < 16:
         raise ValueError(f"LPIPS-VGG needs images of at least 16x16, got {tuple(real.shape[-2:])}")
     path = vgg16_weights_path()
@@ -157,8 +157,7 @@ def rfid(
     compare only numbers computed on the same number of images.
     """
     check_image_batch(real, fake)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
     if real.shape[0] < 2:
         raise MetricUnavailable(f"rFID needs at least 2 images per set, got {real.shape[0]}")
     real_features, fake_features = inception_features(real, fake, device=device, batch_size=batch_size, allow_download=allow_download)

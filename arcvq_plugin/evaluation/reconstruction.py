@@ -16,6 +16,7 @@ from arcvq_plugin.evaluation.image_metrics import (
 from arcvq_plugin.devices import resolve_device
 from arcvq_plugin.evaluation.perceptual import MetricUnavailable, lpips_distances, rfid
 from arcvq_plugin.evaluation.weight_cache import describe_weights, inception_weights_path, substitute_entry, vgg16_weights_path
+from arcvq_plugin.validation import check_int
 
 __all__ = ["reconstruction_metrics", "default_device"]
 
@@ -60,8 +61,7 @@ def reconstruction_metrics(
         metric was computed with substitute weights. Metric values are floats or None.
     """
     check_image_batch(real, fake)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
     real = real.detach().float().clamp(0.0, 1.0)
     fake = fake.detach().float().clamp(0.0, 1.0)
     if quantize:

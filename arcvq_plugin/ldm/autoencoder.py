@@ -40,7 +40,7 @@ from typing import Any, Mapping, Optional, Sequence
 from arcvq_plugin.gan_training import ManualGANTraining, validate_disc_reconstruction
 from arcvq_plugin.quantizer_config import build_quantizer
 from arcvq_plugin.taming.vqgan import offline_lossconfig
-from arcvq_plugin.validation import check_bool
+from arcvq_plugin.validation import check_bool, check_int, check_real
 
 from .compat import import_ldm
 
@@ -93,11 +93,8 @@ class VQModel(*_BASES):
     ) -> None:
         self.disc_reconstruction = validate_disc_reconstruction(disc_reconstruction)
         self.check_finite = check_bool("check_finite", check_finite)
-        for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if lr_g_factor <= 0:
-            raise ValueError(f"lr_g_factor must be > 0, got {lr_g_factor}")
+        n_embed, embed_dim = check_int("n_embed", n_embed, minimum=1), check_int("embed_dim", embed_dim, minimum=1)
+        check_real("lr_g_factor", lr_g_factor, minimum=0.0, exclusive=True)
         lossconfig = offline_lossconfig(lossconfig)
         super().__init__(
             ddconfig=ddconfig, lossconfig=lossconfig, n_embed=n_embed, embed_dim=embed_dim,

@@ -27,7 +27,7 @@ from PIL import Image
 
 from arcvq_plugin.atomic_outputs import OutputError, StagedFolder, check_output_path
 from arcvq_plugin.checkpoint_loading import TRUST_CHECKPOINT_HELP
-from arcvq_plugin.validation import check_real
+from arcvq_plugin.validation import check_int, check_real
 
 from .checkpoints import load_for_inference
 
@@ -61,8 +61,7 @@ def sample_images(model: torch.nn.Module, *, class_labels: Optional[Sequence[int
         raise ValueError(f"steps must be in [1, {model.num_timesteps}], got {steps}")
     check_real("eta", eta, minimum=0.0)
     check_real("scale", scale, minimum=0.0, exclusive=True)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
     if conditional:
         if not class_labels:
             raise ValueError("a class-conditional model needs class_labels (one per sample)")
@@ -79,8 +78,7 @@ def sample_images(model: torch.nn.Module, *, class_labels: Optional[Sequence[int
             raise ValueError("this model is not class-conditional: pass num_samples, not class_labels")
         if scale != 1.0:
             raise ValueError("classifier-free guidance (scale != 1) needs a class-conditional model")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        check_int("num_samples", num_samples, minimum=1)
         labels = None
     total = len(labels) if labels is not None else num_samples
     torch.manual_seed(seed)
@@ -109,8 +107,7 @@ def save_samples(images: torch.Tensor, out_dir: str | Path, *, labels: Optional[
     ``images``: (N, C, H, W) in [0, 1]. Returns (grid path, image paths). OutputError when any
     output exists and ``force`` is False; the files appear only once all are written.
     """
-    if nrow < 1:
-        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    check_int("nrow", nrow, minimum=1)
     out_dir = Path(out_dir)
     names = ["images/" + f"{i:06d}" + (f"_class{int(labels[i])}" if labels is not None else "") + ".png"
              for i in range(len(images))]

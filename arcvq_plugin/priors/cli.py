@@ -34,6 +34,7 @@ from arcvq_plugin.devices import resolve_device
 from arcvq_plugin.priors.gated_pixelcnn import GatedPixelCNN
 from arcvq_plugin.priors.sampling import sample_grids
 from arcvq_plugin.priors.training import nll_bits_per_token, train_prior
+from arcvq_plugin.validation import check_int
 
 __all__ = ["PAPER_TABLE_13", "main"]
 
@@ -110,8 +111,7 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out
     _refuse_overwrite([out / "prior.ckpt", out / "prior.json"], args.force)
     device = resolve_device(args.device)
-    if args.kernel_size % 2 == 0 or args.kernel_size < 3:
-        raise ValueError(f"--kernel-size must be an odd integer >= 3, got {args.kernel_size}")
+    check_int("--kernel-size", args.kernel_size, minimum=3, parity="odd")
     train, train_meta = _load_tokens(args.train_tokens, "--train-tokens")
     test, test_meta = _load_tokens(args.test_tokens, "--test-tokens")
     if train_meta["codebook_size"] != test_meta["codebook_size"] or train.shape[1:] != test.shape[1:]:

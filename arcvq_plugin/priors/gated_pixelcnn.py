@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcvq_plugin.validation import check_int
+
 __all__ = ["GatedLayer", "GatedPixelCNN"]
 
 
@@ -73,10 +75,8 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, codebook_size: int, hidden: int = 32, n_layers: int = 6, kernel_size: int = 3):
         super().__init__()
         for name, value, low in (("codebook_size", codebook_size, 2), ("hidden", hidden, 1), ("n_layers", n_layers, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
+            check_int(name, value, minimum=low)
+        check_int("kernel_size", kernel_size, minimum=3, parity="odd")
         self.codebook_size, self.hidden, self.n_layers, self.kernel_size = codebook_size, hidden, n_layers, kernel_size
         self.embedding = nn.Embedding(codebook_size, hidden)
         self.layers = nn.ModuleList(GatedLayer(hidden, kernel_size, first=i == 0) for i in range(n_layers))

@@ -6,6 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from arcvq_plugin.validation import check_int, check_real
+
 __all__ = ["sample_grids"]
 
 
@@ -19,10 +21,9 @@ def sample_grids(model: nn.Module, n: int, grid: tuple[int, int], *, temperature
     logits at a position may depend only on earlier positions (GatedPixelCNN is).
     ``generator`` (a CPU generator) makes the draw reproducible.
     """
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_int("n", n, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_real("temperature", temperature, minimum=0.0, exclusive=True)
     height, width = grid
     was_training = model.training
     model.eval()

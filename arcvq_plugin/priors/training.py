@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcvq_plugin.validation import check_int, check_optional_int, check_real
+
 __all__ = ["nll_bits_per_token", "train_prior"]
 
 
@@ -56,13 +58,10 @@ def train_prior(model: nn.Module, train_tokens: torch.Tensor, test_tokens: Optio
     _check_tokens(train_tokens, codebook_size, "train_tokens")
     if test_tokens is not None:
         _check_tokens(test_tokens, codebook_size, "test_tokens")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+    check_int("epochs", epochs, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_real("lr", lr, minimum=0.0, exclusive=True)
+    check_optional_int("max_steps", max_steps, minimum=1)
     from tqdm.auto import tqdm
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

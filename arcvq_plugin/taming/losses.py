@@ -20,6 +20,8 @@ import torch
 from taming.modules.losses import vqperceptual
 from torch import nn
 
+from arcvq_plugin.validation import check_choice, check_int, check_real
+
 from .perceptual import OfflineLPIPS
 
 __all__ = ["DisabledPerceptualLoss", "VQLPIPSWithDiscriminator"]
@@ -57,14 +59,11 @@ class VQLPIPSWithDiscriminator(vqperceptual.VQLPIPSWithDiscriminator):
                  disc_num_layers: int = 3, disc_in_channels: int = 3, disc_factor: float = 1.0,
                  disc_weight: float = 1.0, perceptual_weight: float = 1.0, use_actnorm: bool = False,
                  disc_conditional: bool = False, disc_ndf: int = 64, disc_loss: str = "hinge") -> None:
-        if not isinstance(disc_start, int) or isinstance(disc_start, bool) or disc_start < 0:
-            raise ValueError(f"disc_start must be an integer >= 0 (training batches), got {disc_start!r}")
-        if perceptual_weight < 0:
-            raise ValueError(f"perceptual_weight must be >= 0, got {perceptual_weight!r}")
-        if disc_loss not in ("hinge", "vanilla"):
-            raise ValueError(f"disc_loss must be 'hinge' or 'vanilla', got {disc_loss!r}")
-        if disc_num_layers < 1 or disc_ndf < 1:
-            raise ValueError(f"disc_num_layers and disc_ndf must be >= 1, got {disc_num_layers}, {disc_ndf}")
+        check_int("disc_start", disc_start, minimum=0)
+        check_real("perceptual_weight", perceptual_weight, minimum=0.0)
+        check_choice("disc_loss", disc_loss, ("hinge", "vanilla"))
+        check_int("disc_num_layers", disc_num_layers, minimum=1)
+        check_int("disc_ndf", disc_ndf, minimum=1)
         factory = OfflineLPIPS if perceptual_weight > 0 else DisabledPerceptualLoss
         with _lpips_factory(factory):
             super().__init__(disc_start, codebook_weight=codebook_weight,

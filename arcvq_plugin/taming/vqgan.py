@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from arcvq_plugin.compat import install_lightning_shims
 from arcvq_plugin.gan_training import ManualGANTraining, validate_disc_reconstruction
 from arcvq_plugin.quantizer_config import build_quantizer, plain_config
-from arcvq_plugin.validation import check_bool
+from arcvq_plugin.validation import check_bool, check_int
 
 install_lightning_shims()
 from taming.models import vqgan as taming_vqgan  # noqa: E402  (needs the shims above)
@@ -92,9 +92,7 @@ class VQModel(*_BASES):
                  disc_reconstruction: str = "fresh", check_finite: bool = True) -> None:
         self.disc_reconstruction = validate_disc_reconstruction(disc_reconstruction)
         self.check_finite = check_bool("check_finite", check_finite)
-        for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        n_embed, embed_dim = check_int("n_embed", n_embed, minimum=1), check_int("embed_dim", embed_dim, minimum=1)
         super().__init__(ddconfig, offline_lossconfig(lossconfig), n_embed, embed_dim, ckpt_path=None,
                          image_key=image_key, colorize_nlabels=colorize_nlabels, monitor=monitor,
                          remap=remap, sane_index_shape=sane_index_shape)

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from arcvq_plugin.data.image_folder import uint8_to_signed_unit
+from arcvq_plugin.validation import check_choice, check_int
 
 __all__ = ["EXTENSIONS", "FolderImages", "check_split", "find_images", "split_paths"]
 
@@ -91,10 +92,8 @@ class FolderImages(Dataset):
     """
 
     def __init__(self, root: str | Path, split: str, size: int = 32):
-        if split not in ("train", "validation"):
-            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
-        if not isinstance(size, int) or size < 8:
-            raise ValueError(f"size must be an integer >= 8, got {size!r}")
+        check_choice("split", split, ("train", "validation"))
+        check_int("size", size, minimum=8)
         self.paths: Sequence[Path] = split_paths(Path(root))[split]
         if not self.paths:
             raise ValueError(f"--data {root}: no {split} images found")

@@ -21,6 +21,7 @@ from arcvq_plugin.config import instantiate_from_config
 from arcvq_plugin.data.image_folder import uint8_to_signed_unit
 from arcvq_plugin.gan_training import passive_quantizers
 from arcvq_plugin.random_state import collect_random_states, restore_random_states
+from arcvq_plugin.validation import check_int
 
 __all__ = ["CurveEvaluation", "TrainedVQGAN", "log_spaced_steps", "reconstruct", "train_vqgan"]
 
@@ -77,8 +78,7 @@ class CurveEvaluation(pl.Callback):
     def __init__(self, steps: Sequence[int], metrics_of: Callable[[torch.nn.Module, int], dict],
                  report: Optional[Callable[[CurvePoint], None]] = None,
                  heartbeat: Optional[Callable[[int, float], None]] = None, heartbeat_every: int = 50) -> None:
-        if heartbeat_every < 1:
-            raise ValueError(f"heartbeat_every must be >= 1, got {heartbeat_every}")
+        check_int("heartbeat_every", heartbeat_every, minimum=1)
         self.steps = sorted(set(int(s) for s in steps))
         self.heartbeat, self.heartbeat_every = heartbeat, heartbeat_every
         self.metrics_of = metrics_of

@@ -31,6 +31,7 @@ import torch
 
 from arcvq_plugin.quantizer import ArcQuantizer
 from arcvq_plugin.schedules import arc_weight, effective_rates, radius
+from arcvq_plugin.validation import check_choice, check_int
 
 __all__ = ["BUDGETS", "SCHEDULES", "budget_config_paths", "is_arc_quantizer", "run_steps", "schedule_end",
            "schedule_overrides", "steps_per_epoch"]
@@ -45,15 +46,14 @@ ARC_QUANTIZER_TARGETS = ("arcvq_plugin.ArcQuantizer", "arcvq_plugin.quantizer.Ar
 
 def budget_config_paths(config_dir: Path, budget: str) -> list[Path]:
     """The config files merged over a row config for ``budget`` (none for ``paper``)."""
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+    check_choice("budget", budget, BUDGETS)
     return [Path(config_dir) / REDUCED_BUDGET_FILE] if budget == "reduced" else []
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
     """Optimizer steps of one epoch over ``n_images`` (the last, smaller batch included)."""
-    if n_images < 1 or batch_size < 1:
-        raise ValueError(f"n_images and batch_size must be >= 1, got {n_images} and {batch_size}")
+    check_int("n_images", n_images, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     return math.ceil(n_images / batch_size)
 
 
@@ -77,8 +77,7 @@ def schedule_overrides(schedule: str, steps: int, reference_steps: int) -> dict:
         reference_steps: the steps for which the row's rates were set (the paper's run, >= 1):
             ``schedule_reference_horizon``.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    check_choice("schedule", schedule, SCHEDULES)
     if schedule == "paper":
         return {}
     effective_rates(0.0, 0.0, steps, reference_steps, SCHEDULE_RESCALES[schedule])  # validates both horizons

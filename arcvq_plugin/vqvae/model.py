@@ -35,7 +35,7 @@ from arcvq_plugin.finite_training import refuse_non_finite
 from arcvq_plugin.norm_bound_callback import require_norm_bound_callback
 from arcvq_plugin.quantizer_config import build_quantizer
 from arcvq_plugin.quantizer_contract import check_finite_state
-from arcvq_plugin.validation import check_bool
+from arcvq_plugin.validation import check_bool, check_int, check_real
 from arcvq_plugin.vqvae.networks import Decoder, Encoder
 
 __all__ = ["VQVAE"]
@@ -74,13 +74,10 @@ class VQVAE(pl.LightningModule):
                  channels_last: bool = True, check_finite: bool = True):
         super().__init__()
         check_bool("check_finite", check_finite)
-        for name, value in (("n_embed", n_embed), ("embed_dim", embed_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not data_variance > 0:
-            raise ValueError(f"data_variance must be > 0, got {data_variance!r}")
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        check_int("n_embed", n_embed, minimum=1)
+        check_int("embed_dim", embed_dim, minimum=1)
+        check_real("data_variance", data_variance, minimum=0.0, exclusive=True)
+        check_real("learning_rate", learning_rate, minimum=0.0, exclusive=True)
         self.save_hyperparameters()
         self.encoder = Encoder(in_channels, hidden_channels, n_res_layers, res_hidden_channels)
         self.quant_conv = nn.Conv2d(hidden_channels, embed_dim, kernel_size=1)

@@ -17,13 +17,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from arcvq_plugin.validation import check_int
+
 __all__ = ["Decoder", "Encoder", "ResidualBlock", "ResidualStack"]
 
 
 def _check_channels(**channels: int) -> None:
+    """ValueError naming the first of ``channels`` that is not an integer >= 1."""
     for name, value in channels.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(name, value, minimum=1)
 
 
 class ResidualBlock(nn.Module):
@@ -47,8 +49,7 @@ class ResidualStack(nn.Module):
 
     def __init__(self, channels: int, n_layers: int, res_hidden_channels: int):
         super().__init__()
-        if not isinstance(n_layers, int) or n_layers < 0:
-            raise ValueError(f"n_res_layers must be an int >= 0, got {n_layers!r}")
+        check_int("n_res_layers", n_layers, minimum=0)
         self.layers = nn.Sequential(*[ResidualBlock(channels, res_hidden_channels) for _ in range(n_layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,8 +63,7 @@ class Encoder(nn.Module):
                  res_hidden_channels: int = 32):
         super().__init__()
         _check_channels(in_channels=in_channels, res_hidden_channels=res_hidden_channels)
-        if not isinstance(hidden_channels, int) or hidden_channels < 2 or hidden_channels % 2:
-            raise ValueError(f"hidden_channels must be an even int >= 2, got {hidden_channels!r}")
+        check_int("hidden_channels", hidden_channels, minimum=2, parity="even")
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels // 2, kernel_size=4, stride=2, padding=1),
             nn.ReLU(),
@@ -84,8 +84,7 @@ class Decoder(nn.Module):
                  res_hidden_channels: int = 32, out_channels: int = 1):
         super().__init__()
         _check_channels(embed_dim=embed_dim, res_hidden_channels=res_hidden_channels, out_channels=out_channels)
-        if not isinstance(hidden_channels, int) or hidden_channels < 2 or hidden_channels % 2:
-            raise ValueError(f"hidden_channels must be an even int >= 2, got {hidden_channels!r}")
+        check_int("hidden_channels", hidden_channels, minimum=2, parity="even")
         self.net = nn.Sequential(
             nn.Conv2d(embed_dim, hidden_channels, kernel_size=3, stride=1, padding=1),
             ResidualStack(hidden_channels, n_res_layers, res_hidden_channels),
