@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import importlib.metadata as metadata
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -147,6 +148,7 @@ def test_core_install_trains_and_names_the_missing_extras(tmp_path):
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    outside_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no checkout on the path
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w",
                     str(tmp_path / "wheels"), str(src)], check=True, capture_output=True)
     venv = tmp_path / "core-venv"
@@ -160,8 +162,8 @@ def test_core_install_trains_and_names_the_missing_extras(tmp_path):
         _link_distribution(name, site)
     wheel = next((tmp_path / "wheels").glob("arcvq_plugin-*.whl"))
     subprocess.run([*pip, "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True)
-    check = subprocess.run([*pip, "--python", str(python), "check"], capture_output=True, text=True)
+                   check=True, capture_output=True, env=outside_env)
+    check = subprocess.run([*pip, "--python", str(python), "check"], capture_output=True, text=True, env=outside_env)
     assert check.returncode == 0, check.stdout + check.stderr   # the core set is complete
 
     snippet = tmp_path / "snippet.py"
