@@ -26,6 +26,8 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from arcvq_plugin.validation import check_int
+
 __all__ = ["ImageLogger"]
 
 
@@ -55,12 +57,8 @@ class ImageLogger(pl.Callback):
         log_images_kwargs: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
-        if int(batch_frequency) < 1:
-            raise ValueError(f"batch_frequency must be >= 1, got {batch_frequency}")
-        if int(max_images) < 0:
-            raise ValueError(f"max_images must be >= 0, got {max_images}")
-        self.batch_frequency = int(batch_frequency)
-        self.max_images = int(max_images)
+        self.batch_frequency = check_int("batch_frequency", batch_frequency, minimum=1)
+        self.max_images = check_int("max_images", max_images, minimum=0)
         self.clamp = clamp
         self.increase_log_steps = increase_log_steps
         self.rescale = rescale

@@ -7,6 +7,10 @@ and a number must be finite wherever infinity would poison training (``exp(-inf 
     # ValueError: arc_top_k must be an integer >= 1, got 2.5
     check_int("kernel_size", 4, minimum=3, parity="odd")
     # ValueError: kernel_size must be an odd integer >= 3, got 4
+    check_int("steps", 0, minimum=1, maximum=1000)
+    # ValueError: steps must be an integer in [1, 1000], got 0
+    check_real("near_duplicate_cosine", 1.5, minimum=-1.0, exclusive=True, maximum=1.0)
+    # ValueError: near_duplicate_cosine must be a number in (-1, 1], got 1.5
     check_choice("distance", "cosine", ("cos", "l2"))
     # ValueError: distance must be one of ('cos', 'l2'), got 'cosine'
 """
@@ -45,12 +49,15 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     return value
 
 
-def check_int(name: str, value: Any, *, minimum: int, parity: Optional[str] = None) -> int:
-    """``int(value)`` for an integer (not a bool) >= ``minimum``, and ``"odd"`` or ``"even"`` when
-    ``parity`` says so, else ValueError naming ``name``."""
-    if not (_is_int(value) and value >= minimum and (parity is None or value % 2 == _PARITIES[parity])):
+def check_int(name: str, value: Any, *, minimum: int, maximum: Optional[int] = None,
+              parity: Optional[str] = None) -> int:
+    """``int(value)`` for an integer (not a bool) >= ``minimum``, <= ``maximum`` when given, and
+    ``"odd"`` or ``"even"`` when ``parity`` says so, else ValueError naming ``name``."""
+    if not (_is_int(value) and value >= minimum and (maximum is None or value <= maximum)
+            and (parity is None or value % 2 == _PARITIES[parity])):
         kind = "an integer" if parity is None else f"an {parity} integer"
-        raise ValueError(f"{name} must be {kind} >= {minimum}, got {value!r}")
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {kind} {allowed}, got {value!r}")
     return int(value)
 
 
@@ -63,22 +70,29 @@ def check_optional_int(name: str, value: Any, *, minimum: int) -> Optional[int]:
     return int(value)
 
 
-def check_real(name: str, value: Any, *, minimum: float, exclusive: bool = False,
-               below: Optional[float] = None, below_text: Optional[str] = None) -> float:
+def check_real(name: str, value: Any, *, minimum: float, exclusive: bool = False, below: Optional[float] = None,
+               below_text: Optional[str] = None, maximum: Optional[float] = None) -> float:
     """``float(value)`` for a finite real number (not a bool) in the range, else ValueError.
 
     Args:
         minimum: lower bound; ``exclusive`` makes it strict (``> minimum``).
         below: optional strict upper bound; ``below_text`` is how the message writes it (e.g. "pi").
+        maximum: optional inclusive upper bound (``<= maximum``), instead of ``below``.
     """
-    low = f"{'>' if exclusive else '>='} {minimum:g}"
-    if below is None:
-        allowed = f"a finite number {low}"
+    if below is not None and maximum is not None:
+        raise TypeError("check_real takes below or maximum, not both")
+    opening = "(" if exclusive else "["
+    if below is not None:
+        allowed = f"a number in {opening}{minimum:g}, {below_text or f'{below:g}'})"
+    elif maximum is not None:
+        allowed = f"a number in {opening}{minimum:g}, {maximum:g}]"
     else:
-        allowed = f"a number in {'(' if exclusive else '['}{minimum:g}, {below_text or f'{below:g}'})"
+        allowed = f"a finite number {'>' if exclusive else '>='} {minimum:g}"
     ok = _is_real(value) and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
     if ok and below is not None:
         ok = value < below
+    if ok and maximum is not None:
+        ok = value <= maximum
     if not ok:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return float(value)

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from arcvq_plugin.validation import check_optional_int
+
 from . import arc_loss_memory, quantizers, train_step
 from .devices import DEVICES
 from .document import check_writable, write_atomic, write_section
@@ -48,8 +50,7 @@ def measure(plan: Plan, threads: int, command: str) -> DeviceRun:
 
 def check_arguments(quick: bool, output: Path, threads: Optional[int], device: str) -> Plan:
     """The plan for these arguments; a ValueError naming the bad one before anything runs."""
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    check_optional_int("threads", threads, minimum=1)
     plan = plan_for(device, quick)
     resolve_device(device)
     check_writable(output, device)  # a file that is not a report, or a report without this device's section

@@ -6,6 +6,8 @@ the document that holds them can all depend on it.
 """
 from __future__ import annotations
 
+from arcvq_plugin.validation import check_choice
+
 __all__ = ["DEVICES", "DEVICE_TITLES", "NOT_MEASURED_MARK", "check_device"]
 
 DEVICES = ("cpu", "cuda")
@@ -15,5 +17,4 @@ NOT_MEASURED_MARK = "**Not measured yet.**"
 
 def check_device(device: str) -> None:
     """A ValueError unless ``device`` is one of :data:`DEVICES`."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    check_choice("device", device, DEVICES)

@@ -13,6 +13,9 @@ import torch
 
 from arcvq_plugin import devices
 from arcvq_plugin.machine import machine_description
+from arcvq_plugin.validation import check_int
+
+from .devices import check_device
 
 __all__ = ["Comparison", "Interval", "interleaved", "is_out_of_memory", "machine_description", "median",
            "out_of_memory_note", "peak_memory", "release_memory", "resolve_device", "synchronize", "timed"]
@@ -52,8 +55,7 @@ class Comparison:
 
 def resolve_device(name: str) -> torch.device:
     """``"cpu"`` or ``"cuda"`` as a torch.device; ``"cuda"`` must have a GPU (checked here)."""
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
+    check_device(name)
     return devices.resolve_device(name, what="device")
 
 
@@ -156,8 +158,8 @@ def interleaved(arms: Mapping[str, Callable[[], float]], repeats: int, warmup: i
     of memory is a result, not a crash: it is recorded in ``failures`` (its samples dropped), the
     memory is released and the other arms go on. Any other error propagates.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    check_int("repeats", repeats, minimum=1)
+    check_int("warmup", warmup, minimum=0)
     names = list(arms)
     result = Comparison({name: [] for name in names})
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from arcvq_plugin.validation import check_choice
+
 from .arc_loss_memory import ArcLossCase
 from .devices import check_device
 from .quantizers import DTYPES, QuantizerCase
@@ -32,9 +34,8 @@ class Plan:
 
     def __post_init__(self) -> None:
         check_device(self.device)
-        unknown = set(self.quantizer_dtypes) - set(DTYPES)
-        if unknown:
-            raise ValueError(f"quantizer_dtypes must be among {sorted(DTYPES)}, got {sorted(unknown)}")
+        for dtype in self.quantizer_dtypes:
+            check_choice("quantizer_dtypes", dtype, sorted(DTYPES))
 
 
 TINY_OVERRIDES = NO_LPIPS + (

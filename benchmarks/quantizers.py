@@ -30,6 +30,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
 from arcvq_plugin import ArcQuantizer
+from arcvq_plugin.validation import check_choice
 
 from .measure import (Comparison, interleaved, is_out_of_memory, out_of_memory_note, peak_memory,
                       release_memory, timed)
@@ -105,8 +106,7 @@ def run_case(case: QuantizerCase, dtype: str, repeats: int,
              device: torch.device = torch.device("cpu")) -> QuantizerResult:
     """Every arm on the same latents: warm-up, one call for peak memory and finiteness, then
     ``repeats`` interleaved timed calls."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_choice("dtype", dtype, sorted(DTYPES))
     autocast_dtype = DTYPES[dtype]
     input_dtype = autocast_dtype or torch.float32
     generator = torch.Generator().manual_seed(0)

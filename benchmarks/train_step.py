@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.norm_bound_callback import NormBoundCallback
+from arcvq_plugin.validation import check_int
 
 from .measure import (Comparison, Interval, interleaved, is_out_of_memory, out_of_memory_note, release_memory,
                       timed)
@@ -98,10 +99,9 @@ class TrainStepCase:
     def __post_init__(self) -> None:
         if len(self.arms) < 2 or len({arm.name for arm in self.arms}) != len(self.arms):
             raise ValueError(f"a train-step case needs >= 2 arms with distinct names, got {self.arms}")
-        if min(self.batch_size, self.rounds, self.steps_per_round, self.quantizer_repeats) < 1 \
-                or self.warmup_batches < 0:
-            raise ValueError("batch_size, rounds, steps_per_round, quantizer_repeats must be >= 1 and "
-                             f"warmup_batches >= 0, got {self}")
+        for name in ("batch_size", "rounds", "steps_per_round", "quantizer_repeats"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("warmup_batches", self.warmup_batches, minimum=0)
 
     @property
     def baseline(self) -> str:

@@ -219,7 +219,8 @@ def test_run_checks_arguments_first_writes_its_section_and_restores_threads(tmp_
     assert seen["threads"] == 1 and torch.get_num_threads() == threads
     assert output.read_text() == text
     assert f"| CPU | {machine_description()['cpu_model']} |" in parse_sections(text)["cpu"]
-    refusals = [({"threads": 0}, "threads must be >= 1"), ({"device": "tpu"}, "device must be one of")]
+    refusals = [({"threads": 0}, "threads must be None or an integer >= 1"),
+                ({"device": "tpu"}, "device must be one of")]
     if not torch.cuda.is_available():
         refusals.append(({"device": "cuda"}, "torch sees no CUDA device"))
     for kwargs, message in refusals:

@@ -369,7 +369,7 @@ def test_cli(tmp_path, sources, capsys):
 def test_cli_refuses_bad_numbers_an_empty_image_folder_and_a_read_only_folder(tmp_path, sources, capsys, read_only):
     src = save(tmp_path / "in.ckpt", sources["vq-f8-n256"])
     assert cli_main([src, str(tmp_path / "a.ckpt"), "--arc-gamma-decay", "inf"]) == 2
-    assert "arc_gamma_decay must be finite and >= 0, got inf" in capsys.readouterr().err
+    assert "arc_gamma_decay must be a finite number >= 0, got inf" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli_main([src, str(tmp_path / "a.ckpt"), "--images", str(tmp_path / "empty"), "--image-size", "32"]) == 2
     assert f"no images (.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff) in '{tmp_path / 'empty'}'" in capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_sampling_options_are_validated(runs):
     from arcvq_plugin.ldm.sample import sample_images
 
     ldm = runs["ldm"].eval()
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 50\], got 51"):
         sample_images(ldm, class_labels=[0], steps=51)
     with pytest.raises(ValueError, match="class_labels must be in"):
         sample_images(ldm, class_labels=[7], steps=2)

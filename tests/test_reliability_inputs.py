@@ -331,7 +331,7 @@ def test_sample_ldm_refuses_bad_options_and_unreadable_checkpoints_before_writin
     ckpt = tmp_path / "ldm.ckpt"
     ckpt.write_bytes(b"PK\x03\x04 not really a zip")
     base = ["--config", str(TINY_LDM), "--ckpt", str(ckpt)]
-    with pytest.raises(SystemExit, match="--steps must be >= 1, got 0"):
+    with pytest.raises(SystemExit, match="--steps must be an integer >= 1, got 0"):
         sample_main([*base, "--out", str(tmp_path / "s"), "--steps", "0"])
     with pytest.raises(SystemExit, match=rf"cannot read checkpoint '{ckpt}'.*truncated or corrupt"):
         sample_main([*base, "--out", str(tmp_path / "s")])

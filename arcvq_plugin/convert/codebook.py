@@ -23,6 +23,7 @@ import torch
 
 from ..norm_bound import NORM_FLOOR, clip_rows_to_radius_
 from ..schedules import log_radius
+from ..validation import check_int, check_real
 from .checkpoint_io import ConversionError
 
 __all__ = ["CODEBOOK_MODES", "check_codebook_norms", "codebook_statistics", "clock_start", "clip_to_unit_ball", "is_inside_bound", "row_norms"]
@@ -69,8 +70,7 @@ def clock_start(weight: torch.Tensor, alpha: float) -> int:
         ConversionError: ``alpha == 0`` (fixed bound R = 1) while some norm exceeds 1: keeping the
             codebook is impossible, the first step would clip those rows.
     """
-    if not alpha >= 0.0 or not math.isfinite(alpha):
-        raise ValueError(f"bbnr_alpha must be a finite number >= 0, got {alpha!r}")
+    check_real("bbnr_alpha", alpha, minimum=0.0)
     max_norm = float(row_norms(weight).max())
     if is_inside_bound(weight, 0, alpha):
         return 0
@@ -128,10 +128,10 @@ def codebook_statistics(weight: torch.Tensor, *, near_duplicate_cosine: float | 
         ``exact_duplicates`` (codes equal to an earlier code), ``near_duplicates`` (threshold,
         ``pairs``, ``codes_involved``, ``examples`` as [i, j, cosine]; None when skipped).
     """
-    if near_duplicate_cosine is not None and not -1.0 < near_duplicate_cosine <= 1.0:
-        raise ValueError(f"near_duplicate_cosine must be in (-1, 1], got {near_duplicate_cosine!r}")
-    if chunk_size < 1 or max_examples < 0:
-        raise ValueError(f"chunk_size must be >= 1 and max_examples >= 0, got {chunk_size}, {max_examples}")
+    if near_duplicate_cosine is not None:
+        check_real("near_duplicate_cosine", near_duplicate_cosine, minimum=-1.0, exclusive=True, maximum=1.0)
+    check_int("chunk_size", chunk_size, minimum=1)
+    check_int("max_examples", max_examples, minimum=0)
     w = weight.detach().float()
     norms = row_norms(w)
     quantiles = torch.quantile(norms.double(), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64)).tolist()

@@ -31,6 +31,7 @@ from ..config import instantiate_from_config
 from ..schedules import arc_weight as arc_weight_at
 from ..schedules import radius as radius_at
 from ..atomic_outputs import save_torch
+from ..validation import check_choice, check_int, check_real
 from .checkpoint_io import AtomicOutputs, ConversionError, SourceCheckpoint, check_finite, read_source_checkpoint
 from .codebook import CODEBOOK_MODES, check_codebook_norms, clip_to_unit_ball, clock_start, codebook_statistics, is_inside_bound, row_norms
 from .image_check import compare_on_images, load_image_folder, reconstruct
@@ -183,19 +184,14 @@ def default_side_paths(output: str | os.PathLike) -> tuple[Path, Path]:
 
 def _validate(codebook: str, arc_weight: str, family: str, bbnr_alpha: float, arc_gamma: float,
               arc_gamma_decay: float, near_duplicate_cosine: Optional[float], max_images: int) -> None:
-    if codebook not in CODEBOOK_MODES:
-        raise ValueError(f"codebook must be one of {CODEBOOK_MODES}, got {codebook!r}")
-    if arc_weight not in ARC_WEIGHT_MODES:
-        raise ValueError(f"arc_weight must be one of {ARC_WEIGHT_MODES}, got {arc_weight!r}")
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    check_choice("codebook", codebook, CODEBOOK_MODES)
+    check_choice("arc_weight", arc_weight, ARC_WEIGHT_MODES)
+    check_choice("family", family, FAMILIES)
     for name, value in [("bbnr_alpha", bbnr_alpha), ("arc_gamma", arc_gamma), ("arc_gamma_decay", arc_gamma_decay)]:
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-    if near_duplicate_cosine is not None and not -1.0 < near_duplicate_cosine <= 1.0:
-        raise ValueError(f"near_duplicate_cosine must be in (-1, 1], got {near_duplicate_cosine!r}")
-    if max_images < 1:
-        raise ValueError(f"max_images must be >= 1, got {max_images!r}")
+        check_real(name, value, minimum=0.0)
+    if near_duplicate_cosine is not None:
+        check_real("near_duplicate_cosine", near_duplicate_cosine, minimum=-1.0, exclusive=True, maximum=1.0)
+    check_int("max_images", max_images, minimum=1)
 
 
 def _refuse_same_file(source: Path, outputs: list[Path]) -> None:

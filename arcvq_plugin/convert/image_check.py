@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..validation import check_int
 from .checkpoint_io import ConversionError
 
 __all__ = ["IMAGE_SUFFIXES", "load_image_folder", "compare_on_images", "reconstruct"]
@@ -26,8 +27,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 def load_image_folder(folder: str | os.PathLike, *, size: int, max_images: int) -> torch.Tensor:
     """Up to ``max_images`` images of ``folder`` (sorted by name), RGB, shorter side resized to
     ``size`` (bicubic), centre-cropped: a (N, 3, size, size) float32 tensor in [-1, 1]."""
-    if size < 1 or max_images < 1:
-        raise ValueError(f"image size and max_images must be >= 1, got {size}, {max_images}")
+    check_int("size", size, minimum=1)
+    check_int("max_images", max_images, minimum=1)
     folder = Path(folder)
     if not folder.is_dir():
         raise ConversionError(f"--images {str(folder)!r} is not a folder")
@@ -82,8 +83,7 @@ def compare_on_images(original: torch.nn.Module, converted: torch.nn.Module, ima
         ``psnr_after`` (mean dB), ``max_abs_reconstruction_difference`` and ``identical``
         (reconstructions bit-for-bit equal).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, minimum=1)
     changed = total = 0
     psnr_before, psnr_after, max_diff, identical = [], [], 0.0, True
     for start in range(0, len(images), batch_size):

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..validation import check_choice, check_int
 from .checkpoint_io import ConversionError
 
 __all__ = ["FAMILIES", "KnownLayout", "KNOWN_LAYOUTS", "VQLayout", "detect_layout", "FULL_LDM_PREFIX"]
@@ -267,10 +268,8 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor], *, resolution: int = 2
         ConversionError: Gumbel quantiser, KL autoencoder, remapped codebook, wrong or
             inconsistent architecture.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    if not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    check_choice("family", family, FAMILIES)
+    resolution = check_int("resolution", resolution, minimum=1)  # a plain int: it goes into the model config
     keys = list(state_dict)
     prefix = _find_prefix(keys)
     _refuse_unsupported_quantizers(state_dict, prefix)

@@ -34,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 
 from arcvq_plugin.config import instantiate_from_config
+from arcvq_plugin.validation import check_int, check_optional_int
 
 __all__ = ["DeviceBatches", "DeviceDataModule", "EpochPermutation"]
 
@@ -73,10 +74,9 @@ class DeviceBatches:
                  shuffle_seed: Optional[int] = None, rank: int = 0, world_size: int = 1):
         if pixels.dtype != torch.uint8 or pixels.ndim != 4:
             raise ValueError(f"pixels must be a uint8 tensor (N, H, W, C), got {pixels.dtype} {tuple(pixels.shape)}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("world_size", world_size, minimum=1)
+        check_int("rank", rank, minimum=0, maximum=world_size - 1)
         if labels is not None and labels.shape[0] != pixels.shape[0]:
             raise ValueError(f"labels must have one entry per image ({pixels.shape[0]}), got {labels.shape[0]}")
         self.pixels, self.labels = pixels, labels
@@ -133,11 +133,9 @@ class DeviceDataModule(pl.LightningDataModule):
                  test: Optional[Mapping] = None, shuffle_seed: Optional[int] = None,
                  eval_batch_size: Optional[int] = None):
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value}")
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        eval_batch_size = check_optional_int("eval_batch_size", eval_batch_size, minimum=1)
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else self.batch_size
         self.shuffle_seed = shuffle_seed
         self.dataset_configs = {split: config for split, config in
                                 (("train", train), ("validation", validation), ("test", test)) if config is not None}

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from arcvq_plugin.config import instantiate_from_config
 from arcvq_plugin.data.resumable import ResumableDataLoader
+from arcvq_plugin.validation import check_int, check_optional_int
 
 __all__ = ["WrappedDataset", "DataModuleFromConfig"]
 
@@ -69,12 +70,9 @@ class DataModuleFromConfig(pl.LightningDataModule):
         shuffle_seed: Optional[int] = None,
     ):
         super().__init__()
-        if int(batch_size) <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        if num_workers is not None and int(num_workers) < 0:
-            raise ValueError(f"num_workers must be >= 0 or None, got {num_workers}")
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers) if num_workers is not None else 2 * self.batch_size
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        num_workers = check_optional_int("num_workers", num_workers, minimum=0)
+        self.num_workers = num_workers if num_workers is not None else 2 * self.batch_size
         self.shuffle_seed = shuffle_seed
         self.wrap = wrap
         self.dataset_configs: dict[str, Mapping] = {}

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from arcvq_plugin.extras import require_extra
+from arcvq_plugin.validation import check_int
 
 __all__ = ["PHOTOS", "SampleImages", "SampleImagesTrain", "SampleImagesValidation"]
 
@@ -67,18 +68,14 @@ class SampleImages(Dataset):
         min_crop: Optional[int] = None,
         flip: bool = False,
     ):
-        if int(size) < 8:
-            raise ValueError(f"size must be >= 8, got {size}")
-        if int(length) < 1:
-            raise ValueError(f"length must be >= 1, got {length}")
+        check_int("size", size, minimum=8)
+        check_int("length", length, minimum=1)
         loaders = _photo_loaders()
         unknown = [name for name in photos if name not in loaders]
         if not photos or unknown:
             raise ValueError(f"photos must be a non-empty list from {list(PHOTOS)}, got {list(photos)}")
         self.size = int(size)
-        self.min_crop = self.size if min_crop is None else int(min_crop)
-        if self.min_crop < 1:
-            raise ValueError(f"min_crop must be >= 1, got {min_crop}")
+        self.min_crop = self.size if min_crop is None else check_int("min_crop", min_crop, minimum=1)
         self.photos = [np.ascontiguousarray(loaders[name]()[..., :3]) for name in photos]
         shortest = min(min(p.shape[:2]) for p in self.photos)
         if self.min_crop > shortest:

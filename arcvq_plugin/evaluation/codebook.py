@@ -14,6 +14,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from arcvq_plugin.validation import check_int
+
 __all__ = ["codebook_metrics", "codebook_metrics_from_counts"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -63,8 +65,7 @@ def codebook_metrics(indices: ArrayLike, n_e: int) -> dict:
     Returns:
         see :func:`codebook_metrics_from_counts`.
     """
-    if int(n_e) < 1:
-        raise ValueError(f"n_e must be >= 1, got {n_e}")
+    n_e = check_int("n_e", n_e, minimum=1)
     flat = torch.as_tensor(indices).detach().to("cpu").reshape(-1)
     if flat.numel() == 0:
         raise ValueError("indices must hold at least one code index")
@@ -72,9 +73,9 @@ def codebook_metrics(indices: ArrayLike, n_e: int) -> dict:
         raise ValueError(f"indices must be integers, got dtype {flat.dtype}")
     flat = flat.long()
     low, high = int(flat.min()), int(flat.max())
-    if low < 0 or high >= int(n_e):
+    if low < 0 or high >= n_e:
         raise ValueError(f"indices must lie in [0, n_e={n_e}), got range [{low}, {high}]")
-    return codebook_metrics_from_counts(torch.bincount(flat, minlength=int(n_e)))
+    return codebook_metrics_from_counts(torch.bincount(flat, minlength=n_e))
 
 
 def decoder_codebook(quantizer: torch.nn.Module) -> torch.Tensor:

@@ -33,6 +33,8 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
+from arcvq_plugin.validation import check_real
+
 from .compat import import_ldm
 from .ddim import DDIMSampler
 
@@ -69,8 +71,7 @@ class LatentDiffusion(_ddpm.LatentDiffusion):
 
     def __init__(self, *args: Any, unconditional_class: Optional[int] = None,
                  class_dropout_prob: float = 0.0, **kwargs: Any) -> None:
-        if not 0.0 <= float(class_dropout_prob) < 1.0:
-            raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
+        check_real("class_dropout_prob", class_dropout_prob, minimum=0.0, below=1.0)
         super().__init__(*args, **kwargs)
         if class_dropout_prob > 0 and (self.cond_stage_key != CLASS_LABEL_KEY or unconditional_class is None):
             raise ValueError("class_dropout_prob > 0 needs cond_stage_key: class_label and an unconditional_class")

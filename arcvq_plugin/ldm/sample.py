@@ -57,8 +57,7 @@ def sample_images(model: torch.nn.Module, *, class_labels: Optional[Sequence[int
         raise ValueError(f"model must be an arcvq_plugin.ldm.LatentDiffusion, got {type(model).__name__} "
                          "(load ldm configs with the override model.target=arcvq_plugin.ldm.LatentDiffusion)")
     conditional = getattr(model, "cond_stage_key", None) == "class_label" and model.cond_stage_model is not None
-    if not 1 <= steps <= model.num_timesteps:
-        raise ValueError(f"steps must be in [1, {model.num_timesteps}], got {steps}")
+    check_int("steps", steps, minimum=1, maximum=model.num_timesteps)
     check_real("eta", eta, minimum=0.0)
     check_real("scale", scale, minimum=0.0, exclusive=True)
     check_int("batch_size", batch_size, minimum=1)
@@ -157,11 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``arcvq-sample-ldm`` (see ``--help``); errors exit with their message."""
     args = _parser().parse_args(argv)
     try:
-        if args.n_per_class < 1:
-            raise ValueError(f"--n_per_class must be >= 1, got {args.n_per_class}")
-        for name in ("steps", "batch_size", "num_samples"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        for name in ("n_per_class", "steps", "batch_size", "num_samples"):
+            check_int(f"--{name}", getattr(args, name), minimum=1)
         if args.force:
             check_output_path(args.out, "--out", folder=True)
         else:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arcvq_plugin.config import instantiate_from_config, load_configs
 from arcvq_plugin.devices import resolve_device
-from arcvq_plugin.validation import check_bool, check_int, check_optional_int
+from arcvq_plugin.validation import check_bool, check_choice, check_int, check_optional_int
 from arcvq_plugin.vqvae.budget import (BUDGETS, SCHEDULES, budget_config_paths, is_arc_quantizer, run_steps,
                                        schedule_end, schedule_overrides)
 from arcvq_plugin.vqvae.report import ROW_LABELS
@@ -86,12 +86,6 @@ class Variant:
         return f"{self.slug}_seed{seed}"
 
 
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    """ValueError naming ``name`` and the allowed values unless ``value`` is one of them."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-
-
 def _check_distinct(name: str, values: Sequence[Any]) -> None:
     """ValueError naming ``name`` unless ``values`` holds at least one value, none twice."""
     if not values or len(set(values)) != len(values):
@@ -143,12 +137,12 @@ class Plan:
     schedule_notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("budget", self.budget, BUDGETS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("budget", self.budget, BUDGETS)
+        check_choice("schedule", self.schedule, SCHEDULES)
         _check_distinct("rows", self.rows)
         for row in self.rows:
-            _check_choice("rows", row, ROWS)
+            check_choice("rows", row, ROWS)
         _check_distinct("seeds", self.seeds)
         for seed in self.seeds:
             if check_int("seeds", seed, minimum=0) >= SEED_LIMIT:

@@ -19,6 +19,8 @@ from typing import Mapping, Optional, Sequence
 
 from scipy.stats import t as student_t
 
+from arcvq_plugin.validation import check_int, check_real
+
 __all__ = ["CONFIDENCE", "MIN_SEEDS_FOR_INTERVAL_NOTE", "mean_std", "paired_difference", "seed_summary", "t_quantile"]
 
 CONFIDENCE = 0.95
@@ -27,10 +29,8 @@ MIN_SEEDS_FOR_INTERVAL_NOTE = 3
 
 def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
     """Two-sided quantile ``t((1 + confidence) / 2, df)`` of Student's t (df >= 1)."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_int("df", df, minimum=1)
+    check_real("confidence", confidence, minimum=0.0, exclusive=True, below=1.0)
     return float(student_t.ppf(0.5 + confidence / 2.0, df))
 
 
