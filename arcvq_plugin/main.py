@@ -206,6 +206,12 @@ def _train(argv: Optional[Sequence[str]]) -> pl.Trainer:
     if "base_learning_rate" not in config.model:
         raise ConfigError("model.base_learning_rate is missing (the learning rate before --scale_lr scaling)")
 
+    logger_cfg = OmegaConf.merge(
+        {"target": "pytorch_lightning.loggers.TensorBoardLogger", "params": {"save_dir": logdir, "name": "tensorboard"}},
+        lightning_config.get("logger", None) or {})
+    if logger_cfg.target == "pytorch_lightning.loggers.TensorBoardLogger":
+        require_extra("train", "tensorboard")  # before any work
+
     model = instantiate_from_config(config.model)
     weights_only = None
     if ckpt is not None:
@@ -214,11 +220,6 @@ def _train(argv: Optional[Sequence[str]]) -> pl.Trainer:
         weights_only = loaded.weights_only
         del loaded
 
-    logger_cfg = OmegaConf.merge(
-        {"target": "pytorch_lightning.loggers.TensorBoardLogger", "params": {"save_dir": logdir, "name": "tensorboard"}},
-        lightning_config.get("logger", None) or {})
-    if logger_cfg.target == "pytorch_lightning.loggers.TensorBoardLogger":
-        require_extra("train", "tensorboard")
     callbacks_cfg = _default_callbacks(model, ckptdir)
     callbacks_cfg["checkpoint_callback"] = OmegaConf.merge(
         callbacks_cfg["checkpoint_callback"], lightning_config.get("modelcheckpoint", None) or {})

@@ -3,20 +3,23 @@
 IBQ's soft one-hot is dense, B x K x H x W. For each ``B K H D`` case a fresh subprocess builds the
 quantiser and float32 latents (B, D, H, H), runs a toy-size call that loads every kernel, resets the
 peak-RSS mark (``/proc/self/clear_refs`` = 5, Linux) and runs one training forward and backward; the
-peak is ``VmHWM - VmRSS before`` (as :mod:`benchmarks.arc_loss_memory`), printed as a markdown row
-beside the quantiser's own estimate (``IndexPropagationQuantizer.dense_bytes``)::
+peak is ``VmHWM - VmRSS before`` (as :mod:`benchmarks.arc_loss_memory`), printed as a row of a markdown
+table beside the quantiser's own estimate (``IndexPropagationQuantizer.dense_bytes``)::
 
     python -m benchmarks.ibq_memory 16,1024,32,64 32,1024,32,64 16,4096,16,64 64,512,16,64
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import torch
 
-HEADER = ("| B | K | H x W | D | one B x K x H x W tensor | measured peak | peak / one tensor | the quantiser's "
-          "estimate (refused above the free memory) |\n|---|---|---|---|---|---|---|---|")
+from arcvq_plugin.markdown import markdown_table
+
+HEADER = ("B", "K", "H x W", "D", "one B x K x H x W tensor", "measured peak", "peak / one tensor",
+          "the quantiser's estimate (refused above the free memory)")
 
 
 def _status(key: str) -> int:
@@ -27,8 +30,8 @@ def _status(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}: Linux only")
 
 
-def worker(batch: int, n_e: int, side: int, e_dim: int) -> str:
-    """One case in this process; returns its markdown row."""
+def worker(batch: int, n_e: int, side: int, e_dim: int) -> list[str]:
+    """One case in this process; returns its row's cells (:data:`HEADER`)."""
     from arcvq_plugin.baselines import IndexPropagationQuantizer
 
     torch.set_num_threads(1)
@@ -42,22 +45,21 @@ def worker(batch: int, n_e: int, side: int, e_dim: int) -> str:
     (loss + z_q.square().mean()).backward()
     peak = _status("VmHWM") - before
     dense = batch * n_e * side * side * 4
-    return (f"| {batch} | {n_e} | {side} x {side} | {e_dim} | {dense / 2 ** 20:.0f} MiB | {peak / 2 ** 20:.0f} MiB | "
-            f"{peak / dense:.2f} | {quantizer.dense_bytes(z) / 2 ** 20:.0f} MiB |")
+    return [str(batch), str(n_e), f"{side} x {side}", str(e_dim), f"{dense / 2 ** 20:.0f} MiB",
+            f"{peak / 2 ** 20:.0f} MiB", f"{peak / dense:.2f}", f"{quantizer.dense_bytes(z) / 2 ** 20:.0f} MiB"]
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
-        print(worker(*(int(v) for v in argv[1].split(","))))
+        print(json.dumps(worker(*(int(v) for v in argv[1].split(",")))))
         return 0
     if not argv:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
-    print(HEADER)
-    for case in argv:
-        row = subprocess.run([sys.executable, "-m", "benchmarks.ibq_memory", "--worker", case], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        print(row, flush=True)
+    rows = [json.loads(subprocess.run([sys.executable, "-m", "benchmarks.ibq_memory", "--worker", case], check=True,
+                                      capture_output=True, text=True).stdout)
+            for case in argv]
+    print("\n".join(markdown_table(HEADER, rows)))
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from arcvq_plugin.markdown import markdown_table
+
 from .arc_loss_memory import ArcLossResult
 from .devices import DEVICES, NOT_MEASURED_MARK
 from .measure import Comparison
@@ -62,22 +64,20 @@ def _arm_time(s: Comparison, arm: str, scale: float = 1.0, digits: int = 3) -> s
 
 
 def _targets_section(checks: Sequence[TargetCheck]) -> list[str]:
-    lines = ["| what | target | figure | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c.what} | {c.target} | {c.figure} | {c.verdict} |" for c in checks]
-    return lines
+    return markdown_table(["what", "target", "figure", "verdict"],
+                          [[c.what, c.target, c.figure, c.verdict] for c in checks])
 
 
 def _train_section(device: str, results: Sequence[TrainStepResult]) -> list[str]:
     limit = TRAIN_STEP_LIMIT[device]
     lines = ["### 1. VQGAN train step", "",
              "Each arm's `training_step` run by a Lightning Trainer on one fixed batch; the first arm is the "
-             "baseline of the ratios.", "",
-             "| config | arm | images | tokens | steps | s/step (median; range) | ratio over the baseline "
-             f"| target <= {limit} |", "|---|---|---|---|---|---|---|---|"]
+             "baseline of the ratios.", ""]
+    rows = []
     for r in results:
         c = r.case
         if r.failure:
-            lines.append(f"| {c.name} | all | up to {c.batch_size} x {c.resolution} px | - | - | {r.failure} | - | - |")
+            rows.append([c.name, "all", f"up to {c.batch_size} x {c.resolution} px", "-", "-", r.failure, "-", "-"])
             continue
         images = f"{r.batch_size} x {c.resolution} px"
         if r.batches_out_of_memory:
@@ -91,12 +91,13 @@ def _train_section(device: str, results: Sequence[TrainStepResult]) -> list[str]
                 ratio, verdict = f"{value:.3f}", _verdict(value <= limit) if c.target else "(no target)"
             else:
                 ratio, verdict = "-", "not measured"
-            lines.append(f"| {c.name} | {arm.name} | {images} | {r.tokens} | {len(s.samples[arm.name])} "
-                         f"| {_arm_time(s, arm.name)} | {ratio} | {verdict} |")
+            rows.append([c.name, arm.name, images, str(r.tokens), str(len(s.samples[arm.name])),
+                         _arm_time(s, arm.name), ratio, verdict])
+    lines += markdown_table(["config", "arm", "images", "tokens", "steps", "s/step (median; range)",
+                             "ratio over the baseline", f"target <= {limit}"], rows)
     lines += ["", "The quantisers alone at each config's latent shape (forward + backward, plus the norm-bound "
-              "hook for ArcVQ; many interleaved repeats, so far less noisy than whole steps):", "",
-              "| config | quantiser (of arm) | ms (median) | difference over the baseline's, as a share of its step "
-              "| implied step ratio |", "|---|---|---|---|---|"]
+              "hook for ArcVQ; many interleaved repeats, so far less noisy than whole steps):", ""]
+    rows = []
     for r in results:
         q, c = r.quantizer_seconds, r.case
         if r.failure or not c.target or not q.has(c.baseline) or not r.seconds.has(c.baseline):
@@ -104,12 +105,14 @@ def _train_section(device: str, results: Sequence[TrainStepResult]) -> list[str]
         step = r.seconds.median(c.baseline)
         for arm in q.samples:
             if not q.has(arm):
-                lines.append(f"| {c.name} | {arm} | {q.failures.get(arm, 'not run')} | - | - |")
+                rows.append([c.name, arm, q.failures.get(arm, "not run"), "-", "-"])
                 continue
             extra = q.median(arm) - q.median(c.baseline)
-            lines.append(f"| {c.name} | {arm} | {q.median(arm) * 1e3:.2f} | {extra / step:+.2%} "
-                         f"| {(step + extra) / step:.4f} |")
-    return lines
+            rows.append([c.name, arm, f"{q.median(arm) * 1e3:.2f}", f"{extra / step:+.2%}",
+                         f"{(step + extra) / step:.4f}"])
+    return lines + markdown_table(["config", "quantiser (of arm)", "ms (median)",
+                                   "difference over the baseline's, as a share of its step", "implied step ratio"],
+                                  rows)
 
 
 def _peak(p: Comparison, arm: str) -> str:
@@ -119,12 +122,11 @@ def _peak(p: Comparison, arm: str) -> str:
 
 
 def _arc_loss_section(results: Sequence[ArcLossResult]) -> list[str]:
-    lines = ["### 2. ArcLoss forward + backward: chunked over dense", "",
-             "| K | N | D | chunk | dense peak | chunked peak | one-chunk peak "
-             f"| memory ratio (target {MEMORY_TARGET}) | dense s (median; range) | chunked s (median; range) "
-             f"| time ratio (target <= {TIME_RATIO_LIMIT}) | one-chunk s (median) | chunked / one-chunk time "
-             "| max abs grad diff (max abs grad) | loss dense / chunked |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["K", "N", "D", "chunk", "dense peak", "chunked peak", "one-chunk peak",
+              f"memory ratio (target {MEMORY_TARGET})", "dense s (median; range)", "chunked s (median; range)",
+              f"time ratio (target <= {TIME_RATIO_LIMIT})", "one-chunk s (median)", "chunked / one-chunk time",
+              "max abs grad diff (max abs grad)", "loss dense / chunked"]
+    rows = []
     for r in results:
         c, p, s = r.case, r.peak_bytes, r.seconds
         if p.has("dense") and p.has("chunked"):
@@ -141,13 +143,18 @@ def _arc_loss_section(results: Sequence[ArcLossResult]) -> list[str]:
         per_one = f"{s.ratio('chunked', 'one chunk'):.2f}" if s.has("chunked") and s.has("one chunk") else "-"
         grads = (f"{r.max_abs_grad_diff:.1e} ({r.max_abs_grad:.1e})" if r.max_abs_grad_diff is not None else "-")
         losses = " / ".join(f"{r.loss[a]:.6f}" if a in r.loss and s.has(a) else "-" for a in ("dense", "chunked"))
-        lines.append(
-            f"| {c.k} | {c.n} | {c.d} | {c.chunk_size} | {_peak(p, 'dense')} | {_peak(p, 'chunked')} "
-            f"| {_peak(p, 'one chunk')} | {mem_text} | {_arm_time(s, 'dense')} | {_arm_time(s, 'chunked')} "
-            f"| {time_text} | {one} | {per_one} | {grads} | {losses} |")
+        rows.append([str(c.k), str(c.n), str(c.d), str(c.chunk_size), _peak(p, "dense"), _peak(p, "chunked"),
+                     _peak(p, "one chunk"), mem_text, _arm_time(s, "dense"), _arm_time(s, "chunked"), time_text,
+                     one, per_one, grads, losses])
+    lines = ["### 2. ArcLoss forward + backward: chunked over dense", "", *markdown_table(header, rows)]
     if results:
         lines += ["", f"Peak memory: {results[0].peak_source}."]
     return lines
+
+
+def _case_cells(r: QuantizerResult) -> list[str]:
+    """K, D, N, chunk size and precision of a quantiser result: the first cells of its rows."""
+    return [str(r.case.k), str(r.case.d), str(r.case.n), str(r.case.chunk_size), r.dtype]
 
 
 def _quantizer_section(device: str, results: Sequence[QuantizerResult], vq_version: Optional[str]) -> list[str]:
@@ -156,13 +163,11 @@ def _quantizer_section(device: str, results: Sequence[QuantizerResult], vq_versi
         lines += ["vector-quantize-pytorch is not installed (`pip install vector-quantize-pytorch`, a "
                   "benchmark-only dependency): its arm and the throughput ratio are left out.", ""]
     lines += ["Milliseconds per forward + backward (median; range). Throughput ratio = VectorQuantize time / "
-              f"ArcQuantizer time (target >= {THROUGHPUT_MIN}).", "",
-              "| K | D | N | chunk | precision | " + " | ".join(f"{a} ms" for a in QUANTIZER_ARMS)
-              + " | ArcQuantizer / VectorQuantize throughput | chunked / VectorQuantize throughput "
-                "| output, loss, gradient finite |",
-              "|---|---|---|---|---|" + "---|" * (len(QUANTIZER_ARMS) + 3)]
+              f"ArcQuantizer time (target >= {THROUGHPUT_MIN}).", ""]
+    case_header = ["K", "D", "N", "chunk", "precision"]
+    rows = []
     for r in results:
-        c, s = r.case, r.seconds
+        s = r.seconds
         cells = [_arm_time(s, a, 1e3, 2) if (a in s.samples or a in s.failures) else "not installed"
                  for a in QUANTIZER_ARMS]
         ratios = []
@@ -174,21 +179,21 @@ def _quantizer_section(device: str, results: Sequence[QuantizerResult], vq_versi
                 ratios.append("-")
         not_finite = [a for a, ok in r.finite.items() if not ok]
         finite = "NO: " + ", ".join(not_finite) if not_finite else "yes" if r.finite else "-"
-        lines.append(f"| {c.k} | {c.d} | {c.n} | {c.chunk_size} | {r.dtype} | " + " | ".join(cells)
-                     + f" | {ratios[0]} | {ratios[1]} | {finite} |")
+        rows.append([*_case_cells(r), *cells, *ratios, finite])
+    lines += markdown_table([*case_header, *(f"{a} ms" for a in QUANTIZER_ARMS),
+                             "ArcQuantizer / VectorQuantize throughput", "chunked / VectorQuantize throughput",
+                             "output, loss, gradient finite"], rows)
     if device == "cuda" and results:
         lines += ["", "Peak memory of one forward + backward above what was allocated before it "
-                  "(`torch.cuda.max_memory_allocated`, reset per arm):", "",
-                  "| K | D | N | chunk | precision | " + " | ".join(QUANTIZER_ARMS) + " | chunked / dense |",
-                  "|---|---|---|---|---|" + "---|" * (len(QUANTIZER_ARMS) + 1)]
+                  "(`torch.cuda.max_memory_allocated`, reset per arm):", ""]
+        rows = []
         for r in results:
-            c = r.case
             cells = [_memory(r.peak_bytes[a]) if a in r.peak_bytes else r.seconds.failures.get(a, "-")
                      for a in QUANTIZER_ARMS]
             both = "ArcQuantizer" in r.peak_bytes and "ArcQuantizer chunked" in r.peak_bytes
             ratio = fraction(r.peak_bytes["ArcQuantizer chunked"] / r.peak_bytes["ArcQuantizer"]) if both else "-"
-            lines.append(f"| {c.k} | {c.d} | {c.n} | {c.chunk_size} | {r.dtype} | " + " | ".join(cells)
-                         + f" | {ratio} |")
+            rows.append([*_case_cells(r), *cells, ratio])
+        lines += markdown_table([*case_header, *QUANTIZER_ARMS, "chunked / dense"], rows)
     return lines
 
 
@@ -250,10 +255,9 @@ def render_section(run: DeviceRun) -> str:
     lines = []
     if plan.quick:
         lines += ["**Toy sizes (`--quick`): a smoke run; these figures say nothing about the targets.**", ""]
-    lines += ["### Machine and command", "", "| | |", "|---|---|"]
-    lines += [f"| {label} | {value} |" for label, value in machine_rows(run.machine).items()]
-    lines += [f"| vector-quantize-pytorch | {run.vq_version or 'not installed'} |",
-              f"| command | `{run.command}` |", f"| total run time | {run.minutes:.1f} min |", ""]
+    machine = [*machine_rows(run.machine).items(), ("vector-quantize-pytorch", run.vq_version or "not installed"),
+               ("command", f"`{run.command}`"), ("total run time", f"{run.minutes:.1f} min")]
+    lines += ["### Machine and command", "", *markdown_table(["", ""], machine), ""]
     lines += ["### Targets", ""]
     lines += _targets_section(check_targets(plan.device, run.train, run.arc_loss, run.quantizers))
     lines += [""] + _train_section(plan.device, run.train) + [""] + _arc_loss_section(run.arc_loss)

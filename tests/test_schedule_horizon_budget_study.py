@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import t as student_t
 
-from arcvq_plugin.vqvae.budget_study import collect_runs, differences, main, markdown_table
+from arcvq_plugin.vqvae.budget_study import collect_runs, differences, main, summary_markdown
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +59,7 @@ def test_differences_are_paired_by_seed_with_t_intervals(runs):
 
 
 def test_markdown_table_rows(runs):
-    text = markdown_table(differences(collect_runs(runs)))
+    text = summary_markdown(differences(collect_runs(runs)))
     assert "ArcVQ minus cosine only" in text and "ArcVQ minus + BBNR" in text
     assert "| 250 | horizon, rescale arc_weight | 3 | +2.83 [" in text
     assert "+15.0 [" in text  # usage in percentage points

@@ -31,6 +31,7 @@ from arcvq_plugin.atomic_outputs import save_torch_atomic, write_file_atomic, wr
 from arcvq_plugin.checkpoint_loading import TRUST_CHECKPOINT_HELP, load_checkpoint
 from arcvq_plugin.cli_arguments import positive_float, positive_int
 from arcvq_plugin.devices import resolve_device
+from arcvq_plugin.markdown import markdown_table
 from arcvq_plugin.priors.gated_pixelcnn import GatedPixelCNN
 from arcvq_plugin.priors.sampling import sample_grids
 from arcvq_plugin.priors.training import nll_bits_per_token, train_prior
@@ -252,8 +253,7 @@ def _table(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (run arcvq-prior sample --out {folder} first)")
         rows.append((name, json.loads(path.read_text())))
-    lines = ["| Tokenizer | tokens | K | prior test NLL (bits/token) | FID (samples vs reference images) | paper FID (Table 13) |",
-             "|---|---|---|---|---|---|"]
+    table = []
     notes = set()
     for name, result in rows:
         fid = result.get("fid")
@@ -264,8 +264,10 @@ def _table(args: argparse.Namespace) -> int:
                       "numbers made the same way.")
         h, w = result["grid"]
         paper = PAPER_TABLE_13.get(name)
-        lines.append(f"| {name} | {h} x {w} = {h * w} | {result['codebook_size']} | {result['test_nll_bits']:.4f} | "
-                     f"{fid_cell} | {'n/a' if paper is None else f'{paper:.2f}'} |")
+        table.append([name, f"{h} x {w} = {h * w}", str(result["codebook_size"]), f"{result['test_nll_bits']:.4f}",
+                      fid_cell, "n/a" if paper is None else f"{paper:.2f}"])
+    lines = markdown_table(["Tokenizer", "tokens", "K", "prior test NLL (bits/token)",
+                            "FID (samples vs reference images)", "paper FID (Table 13)"], table)
     lines += ["", "Paper (Appendix D.5, Table 13): PixelCNN prior on CIFAR-10 tokens, 8 x 8 = 64 tokens, K = 512: "
                   "FID 57.36 with the VQ-VAE tokenizer, 43.13 with ArcVQ-VAE."] + sorted(notes)
     text = "\n".join(lines) + "\n"

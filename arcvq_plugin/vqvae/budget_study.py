@@ -30,10 +30,11 @@ from typing import Mapping, Optional, Sequence
 
 from arcvq_plugin.atomic_outputs import AtomicOutputs, OutputError, check_output_path
 from arcvq_plugin.extras import require_extra
+from arcvq_plugin.markdown import markdown_table
 from arcvq_plugin.vqvae.statistics import CONFIDENCE, paired_difference
 
-__all__ = ["BASELINES", "METRICS", "SCHEDULE_LABELS", "collect_runs", "differences", "main", "markdown_table",
-           "save_psnr_figure"]
+__all__ = ["BASELINES", "METRICS", "SCHEDULE_LABELS", "collect_runs", "differences", "main",
+           "save_psnr_figure", "summary_markdown"]
 
 SCHEDULE_LABELS = {"paper": "paper (absolute)",
                    "relative-lambda": "horizon, rescale arc_weight",
@@ -116,32 +117,36 @@ def _cell(difference: Optional[dict], metric: str) -> str:
         f" (n={difference['n']})" if difference["n"] < 3 else "")
 
 
-def markdown_table(entries: Sequence[dict]) -> str:
-    """The differences as markdown: one table per baseline, a row per (run length, schedule)."""
+def _label(entry: dict) -> str:
+    return SCHEDULE_LABELS.get(entry["schedule"], entry["schedule"])
+
+
+def summary_markdown(entries: Sequence[dict]) -> str:
+    """The differences as markdown: one table per baseline, a row per (run length, schedule), then
+    ArcVQ's own means."""
     lines = []
     comparisons = [("cosine", "cosine only"), ("bbnr", "+ BBNR"), ("arcvq-paper", "ArcVQ with the paper's schedule")]
+    header = ["steps", "ArcVQ schedule", "seeds"]
     for name, label in comparisons:
-        rows = [e for e in entries if name in e["versus"]]
-        if not rows:
-            continue
-        lines += [f"ArcVQ minus {label} (mean over seeds [{CONFIDENCE:.0%} t-interval], * resolved):", "",
-                  "| steps | ArcVQ schedule | seeds | " + " | ".join(METRICS[m][0] for m in METRICS) + " |",
-                  "|---:|---|---:|" + "---:|" * len(METRICS)]
-        for e in rows:
-            cells = [_cell(e["versus"][name][m], m) for m in METRICS]
+        rows = []
+        for e in entries:
+            if name not in e["versus"]:
+                continue
             n = max((d["n"] for d in e["versus"][name].values() if d is not None), default=0)
-            lines.append(f"| {e['steps']} | {SCHEDULE_LABELS.get(e['schedule'], e['schedule'])} | {n} | "
-                         + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["ArcVQ's own values (mean over seeds):", "",
-              "| steps | ArcVQ schedule | seeds | PSNR (dB) | SSIM | usage (%) |", "|---:|---|---:|---:|---:|---:|"]
+            rows.append([str(e["steps"]), _label(e), str(n), *(_cell(e["versus"][name][m], m) for m in METRICS)])
+        if rows:
+            lines += [f"ArcVQ minus {label} (mean over seeds [{CONFIDENCE:.0%} t-interval], * resolved):", "",
+                      *markdown_table([*header, *(METRICS[m][0] for m in METRICS)], rows,
+                                      align="rlr" + "r" * len(METRICS)), ""]
+    own = []
     for e in entries:
         means = e["arcvq"]
-        shown = [f"{means['psnr']:.2f}" if means["psnr"] is not None else "n/a",
-                 f"{means['ssim']:.4f}" if means["ssim"] is not None else "n/a",
-                 f"{100 * means['usage']:.1f}" if means["usage"] is not None else "n/a"]
-        lines.append(f"| {e['steps']} | {SCHEDULE_LABELS.get(e['schedule'], e['schedule'])} | {len(e['seeds'])} | "
-                     + " | ".join(shown) + " |")
+        own.append([str(e["steps"]), _label(e), str(len(e["seeds"])),
+                    f"{means['psnr']:.2f}" if means["psnr"] is not None else "n/a",
+                    f"{means['ssim']:.4f}" if means["ssim"] is not None else "n/a",
+                    f"{100 * means['usage']:.1f}" if means["usage"] is not None else "n/a"])
+    lines += ["ArcVQ's own values (mean over seeds):", "",
+              *markdown_table([*header, "PSNR (dB)", "SSIM", "usage (%)"], own, align="rlrrrr")]
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"runs: no results.json with an arcvq row below {str(args.runs)!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     with AtomicOutputs({n: args.out / n for n in OUTPUT_NAMES}, force=args.force) as outputs:
-        outputs.temp["budget_study.md"].write_text(markdown_table(entries))
+        outputs.temp["budget_study.md"].write_text(summary_markdown(entries))
         save_psnr_figure(entries, outputs.temp["budget_study_psnr.png"])
         outputs.temp["budget_study.json"].write_text(json.dumps(entries, indent=1))
         outputs.publish()
