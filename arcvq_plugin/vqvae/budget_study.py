@@ -6,14 +6,15 @@ others (``relative-lambda``: ``schedule_rescale: arc_weight``; ``relative``: ``b
 row only. Every run with the same seed shares the initialisation seed and the data order, so a
 difference is measured per seed (:func:`arcvq_plugin.vqvae.statistics.paired_difference`)::
 
-    python -m arcvq_plugin.vqvae.budget_study /work/runs/budget_study --out docs/budget_study
+    python -m arcvq_plugin.vqvae.budget_study /work/runs/budget_study --out docs/figures/budget_study
 
 reads every ``*/results.json`` below the folder (whatever runs exist; a run length is its
 ``settings.steps``), and writes into ``--out``:
 
 - ``budget_study.md``: per run length and schedule, ArcVQ minus cosine only and minus + BBNR (and
-  minus ArcVQ with the paper's schedule) for PSNR (dB), SSIM and codebook usage (percentage
-  points), each as the mean over seeds with its 95% t-interval (``*``: the interval excludes 0);
+  minus ArcVQ with the paper's schedule; for rescale both, minus rescale arc_weight) for PSNR (dB),
+  SSIM and codebook usage (percentage points), each as the mean over seeds with its 95% t-interval
+  (``*``: the interval excludes 0);
 - ``budget_study_psnr.png``: the PSNR differences against the run length (log x), one line per
   schedule, one panel per baseline;
 - ``budget_study.json``: every paired difference (seeds, per-seed values, mean, interval).
@@ -80,12 +81,14 @@ def _metric(seeds: Mapping[int, Mapping], metric: str) -> dict[int, Optional[flo
 def differences(values: Values) -> list[dict]:
     """One entry per (steps, schedule) with an arcvq row: ``{"steps", "schedule", "arcvq": {metric:
     mean}, "versus": {baseline: {metric: paired_difference or None}}}``. Baselines are the paper
-    runs' cosine and bbnr rows, and ``"arcvq-paper"``: ArcVQ with the paper's schedule."""
+    runs' cosine and bbnr rows, ``"arcvq-paper"``: ArcVQ with the paper's schedule, and for the
+    ``relative`` schedule (rescale both) ``"arcvq-arc_weight"``: ArcVQ with ``relative-lambda``."""
     entries = []
     for steps in sorted(values):
         by_schedule = values[steps]
         references = {name: by_schedule.get("paper", {}).get(name, {}) for name in BASELINES}
         references["arcvq-paper"] = by_schedule.get("paper", {}).get("arcvq", {})
+        references["arcvq-arc_weight"] = by_schedule.get("relative-lambda", {}).get("arcvq", {})
         known = [s for s in SCHEDULE_LABELS if s in by_schedule]
         for schedule in known + sorted(set(by_schedule) - set(SCHEDULE_LABELS)):
             arcvq = by_schedule[schedule].get("arcvq")
@@ -93,7 +96,8 @@ def differences(values: Values) -> list[dict]:
                 continue
             versus = {}
             for name, reference in references.items():
-                if name == "arcvq-paper" and schedule == "paper":
+                if name == "arcvq-paper" and schedule == "paper" or name == "arcvq-arc_weight" and (
+                        schedule != "relative" or not reference):
                     continue
                 versus[name] = {m: paired_difference(_metric(arcvq, m), _metric(reference, m)) for m in METRICS}
             means = {}
@@ -125,7 +129,8 @@ def summary_markdown(entries: Sequence[dict]) -> str:
     """The differences as markdown: one table per baseline, a row per (run length, schedule), then
     ArcVQ's own means."""
     lines = []
-    comparisons = [("cosine", "cosine only"), ("bbnr", "+ BBNR"), ("arcvq-paper", "ArcVQ with the paper's schedule")]
+    comparisons = [("cosine", "cosine only"), ("bbnr", "+ BBNR"), ("arcvq-paper", "ArcVQ with the paper's schedule"),
+                   ("arcvq-arc_weight", "ArcVQ with the horizon, rescale arc_weight")]
     header = ["steps", "ArcVQ schedule", "seeds"]
     for name, label in comparisons:
         rows = []
