@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from arcvq_plugin.atomic_outputs import AtomicOutputs, OutputError, check_output_path
 from arcvq_plugin.extras import require_extra
 from arcvq_plugin.markdown import markdown_table
-from arcvq_plugin.vqvae.statistics import CONFIDENCE, paired_difference
+from arcvq_plugin.vqvae.statistics import CONFIDENCE, mean_std, paired_difference
 
 __all__ = ["BASELINES", "METRICS", "SCHEDULE_LABELS", "collect_runs", "differences", "main",
            "save_psnr_figure", "summary_markdown"]
@@ -103,7 +102,7 @@ def differences(values: Values) -> list[dict]:
             means = {}
             for m in METRICS:
                 seen = [v for v in _metric(arcvq, m).values() if v is not None]
-                means[m] = math.fsum(seen) / len(seen) if seen else None
+                means[m] = mean_std(seen)[0] if seen else None
             entries.append({"steps": steps, "schedule": schedule, "seeds": sorted(arcvq), "arcvq": means,
                             "versus": versus})
     return entries
