@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import signal
 from pathlib import Path
@@ -17,6 +18,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from arcvq_plugin.data.module import DataModuleFromConfig, WrappedDataset
 from arcvq_plugin.data.resumable import ResumableDataLoader
 from arcvq_plugin.data.sample_images import SampleImagesTrain, SampleImagesValidation
+from arcvq_plugin.extras import MissingExtraError
 from arcvq_plugin.image_logger import ImageLogger
 from arcvq_plugin.main import main
 from arcvq_plugin.trainer_cli.arguments import parse_args, translate_gpus
@@ -184,6 +186,20 @@ def test_config_errors_before_training(tmp_path, edit, error):
     with pytest.raises(ConfigError, match=error):
         main(["--base", _edited(tmp_path, edit), "-t", "--logdir", str(logdir)])
     assert not logdir.exists()
+
+
+def test_missing_tensorboard_is_named_before_the_model_is_built(tmp_path, monkeypatch):
+    """The default logger needs the [train] extra: without tensorboard the run stops naming it,
+    before the model (or anything else) is built and before the log folder exists."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorboard" else find_spec(name, *args))
+    built = []
+    monkeypatch.setattr("arcvq_plugin.main.instantiate_from_config", lambda node: built.append(node))
+    logdir = tmp_path / "logs"
+    with pytest.raises(MissingExtraError, match=r"tensorboard.*pip install 'arcvq-plugin\[train\]'"):
+        main(["--base", TINY_ARCVQ, "-t", "--logdir", str(logdir)])
+    assert built == [] and not logdir.exists()
 
 
 def test_resume_from_another_architecture_names_the_keys(arcvq_run):
